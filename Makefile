@@ -1,0 +1,33 @@
+# rrr-ray: the two commands of the README are `make serve` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+export RAY_AUTH_MODE ?= disabled
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export VLLM_HOST_IP ?= 127.0.0.1
+export TOKENIZERS_PARALLELISM ?= false
+export HF_HUB_OFFLINE ?= 1
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: install serve test test-fast model bench clean-venv
+
+install:
+	@bash scripts/install.sh
+
+serve: install ## install if needed, then serve the embedded model on 127.0.0.1:8000
+	$(BIN)/serve run serve_config.yaml
+
+test: install ## install if needed, then run the whole test suite
+	$(BIN)/python -m pytest tests
+
+test-fast: install ## the unit tests only (no Ray Serve, no vLLM engine)
+	$(BIN)/python -m pytest tests -m "not e2e"
+
+model: install ## rebuild the embedded demo model from scratch (base + fine-tuned)
+	$(BIN)/python -m jobs.build_embedded_model
+
+bench: install ## format-core throughput benchmark
+	$(BIN)/python -m loadtest.bench_format --output out/bench
+
+clean-venv:
+	rm -rf $(VENV)

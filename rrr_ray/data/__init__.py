@@ -1,0 +1,1 @@
+"""Dialogue records: reading the seed formats, writing them back, JSONL shards."""
