@@ -181,3 +181,46 @@ def _read_text(path: Path) -> str:
         raise DialogueFormatError(f"{path}: no such file") from None
     except UnicodeDecodeError:
         raise DialogueFormatError(f"{path}: not UTF-8 text") from None
+
+
+# -- writers -----------------------------------------------------------------------------------
+
+def records_to_jsonl(records: Iterable[DialogueRecord]) -> str:
+    """JSONL text: one ``{conversation_id, messages, num_turns}`` object per line."""
+    return "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records)
+
+
+def write_dialogues(path: Path, records: list[DialogueRecord], header: str | None = None) -> Path:
+    """Write records atomically in the format the suffix names (the inverse of ``read_dialogues``).
+
+    ``.txt`` holds exactly one dialogue (``header`` defaults to ``Dialog 1 of 1``).
+    """
+    from rrr_ray.data.io import atomic_write_text
+
+    path = Path(path)
+    if path.suffix == ".txt":
+        if len(records) != 1:
+            raise DialogueFormatError(f"{path}: a .txt dialogue file holds exactly one dialogue, not {len(records)}")
+        text = format_curated_text(header or "Dialog 1 of 1", records[0])
+    elif path.suffix == ".json":
+        text = json.dumps(records_to_seed_json(records), indent=2, ensure_ascii=False) + "\n"
+    elif path.suffix == ".jsonl":
+        text = records_to_jsonl(records)
+    else:
+        raise DialogueFormatError(f"{path}: unsupported file type (expected .txt, .json or .jsonl)")
+    return atomic_write_text(path, text)
+
+
+def dialogue_files(path: Path) -> list[Path]:
+    """The dialogue files ``read_dialogues`` reads for ``path`` (itself, or a folder's files)."""
+    path = Path(path)
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix in {".txt", ".json", ".jsonl"} and p.is_file())
+    if not path.exists():
+        raise DialogueFormatError(f"{path}: no such file or folder")
+    return [path]
+
+
+def read_curated_header(path: Path) -> str:
+    """The header line of a curated ``.txt`` file."""
+    return parse_curated_text(_read_text(path), Path(path).stem, str(path))[0]

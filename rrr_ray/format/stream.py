@@ -82,6 +82,11 @@ class StreamValidator:
         return self._section
 
     @property
+    def pending(self) -> bool:
+        """True while the end of the text fed so far might still become a tag."""
+        return bool(self._pending)
+
+    @property
     def errors(self) -> list[FormatError]:
         """The violations found so far."""
         return list(self._errors)

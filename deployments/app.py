@@ -1,0 +1,99 @@
+"""Build the serving graph from ``serve_config.yaml`` arguments.
+
+    ingress (HTTP) -> post-processor (RRR validation) -> model deployment(s) (vLLM)
+
+One model deployment per served model; LoRA adapters are served by their base model's deployment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import BaseModel, Field, model_validator
+from ray.serve import Application
+
+from deployments.ingress import RRRIngress
+from deployments.model import RRRModel
+from deployments.postprocessor import RRRPostProcessor
+from rrr_ray.serving.engine import EngineConfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class DeploymentOptions(BaseModel):
+    """Ray Serve options of one deployment (see Ray Serve's deployment docs)."""
+
+    num_cpus: float = Field(0.1, ge=0, description="CPUs reserved per replica (fractional on small machines).")
+    num_gpus: float = Field(0, ge=0, description="GPUs per replica (1 for a 7B model on a GPU node).")
+    num_replicas: Optional[int] = Field(None, ge=1, description="Fixed replicas; leave out to autoscale.")
+    autoscaling_config: Optional[dict[str, Any]] = Field(
+        None, description="min_replicas, max_replicas, target_ongoing_requests, ...")
+    max_ongoing_requests: Optional[int] = Field(None, ge=1, description="Concurrent requests per replica.")
+    max_queued_requests: Optional[int] = Field(None, description="Queued requests before 503s (-1: no limit).")
+
+    def serve_options(self, name: str) -> dict[str, Any]:
+        opts: dict[str, Any] = {"name": name, "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}}
+        if self.autoscaling_config is not None:
+            opts["autoscaling_config"] = self.autoscaling_config
+        elif self.num_replicas is not None:
+            opts["num_replicas"] = self.num_replicas
+        if self.max_ongoing_requests is not None:
+            opts["max_ongoing_requests"] = self.max_ongoing_requests
+        if self.max_queued_requests is not None:
+            opts["max_queued_requests"] = self.max_queued_requests
+        return opts
+
+
+class ModelArgs(EngineConfig):
+    """A served model: engine settings plus how its deployment is placed and scaled."""
+
+    deployment: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_cpus=0.4))
+
+
+class AppArgs(BaseModel):
+    """The ``args:`` of the application in serve_config.yaml."""
+
+    models: list[ModelArgs] = Field(min_length=1, description="Served models; the first is the default.")
+    default_model: Optional[str] = Field(None, description="Answers requests that name no model.")
+    stream_interval_ms: float = Field(20.0, ge=0, description="Batch window for tokens crossing a Ray hop "
+                                      "(the first token is always sent at once).")
+    ingress: DeploymentOptions = Field(default_factory=DeploymentOptions)
+    postprocessor: DeploymentOptions = Field(default_factory=DeploymentOptions)
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> "AppArgs":
+        names = [n for m in self.models for n in m.served_names()]
+        if len(names) != len(set(names)):
+            raise ValueError(f"served model names must be unique: {names}")
+        if self.default_model is not None and self.default_model not in names:
+            raise ValueError(f"default_model {self.default_model!r} is not among {names}")
+        return self
+
+
+def resolve_path(path: str) -> str:
+    """Relative model paths are relative to the repository, wherever the replica runs."""
+    p = Path(path)
+    if p.is_absolute() or not (REPO / p).exists():
+        return path  # absolute, or a hub id such as mistralai/Mistral-7B-Instruct-v0.3
+    return str(REPO / p)
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    config = AppArgs.model_validate(args)
+    handles: dict[str, Any] = {}
+    cards: list[dict[str, Any]] = []
+    for model in config.models:
+        engine = model.model_dump(exclude={"deployment"})
+        engine["path"] = resolve_path(model.path)
+        engine["lora_modules"] = {k: resolve_path(v) for k, v in model.lora_modules.items()}
+        bound = RRRModel.options(**model.deployment.serve_options(f"RRRModel:{model.name}")).bind(
+            engine=engine, stream_interval_ms=config.stream_interval_ms)
+        for name in model.served_names():
+            handles[name] = bound
+        cards.append({"name": model.name, "root": model.path, "description": model.description})
+        cards += [{"name": n, "root": p, "parent": model.name, "description": f"LoRA adapter on {model.name}"}
+                  for n, p in model.lora_modules.items()]
+    postprocessor = RRRPostProcessor.options(**config.postprocessor.serve_options("RRRPostProcessor")).bind(handles)
+    return RRRIngress.options(**config.ingress.serve_options("RRRIngress")).bind(
+        postprocessor, cards, config.default_model)

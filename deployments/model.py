@@ -1,0 +1,47 @@
+"""The model deployment: one engine (vLLM by default, injected by import path), streaming batches."""
+
+from __future__ import annotations
+
+import logging
+from typing import AsyncIterator, Optional
+
+from ray import serve
+
+from rrr_ray.serving.engine import EngineConfig, load_engine_class
+from rrr_ray.serving.protocol import EngineRequest
+from rrr_ray.serving.streams import ModelChunk, model_stream
+
+logger = logging.getLogger("ray.serve")
+
+
+@serve.deployment(name="RRRModel", ray_actor_options={"num_cpus": 0.4}, health_check_period_s=5)
+class RRRModel:
+    async def __init__(self, engine: dict, stream_interval_ms: float = 20.0) -> None:
+        self.config = EngineConfig(**engine)
+        self.interval_s = stream_interval_ms / 1000.0
+        self.engine = load_engine_class(self.config.engine_class)(self.config)
+        await self.engine.start()
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[ModelChunk]:
+        async for chunk in model_stream(self.engine, request, self.interval_s):
+            yield chunk
+
+    async def check_health(self) -> None:
+        """Serve's replica health check: a dead engine gets its replica restarted."""
+        await self.engine.check_health()
+
+    async def health(self) -> Optional[str]:
+        """None when healthy, else why not (for the /health route)."""
+        try:
+            await self.engine.check_health()
+            return None
+        except Exception as exc:
+            return str(exc)
+
+    def num_unfinished_requests(self) -> int:
+        return self.engine.num_unfinished_requests()
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.shutdown()

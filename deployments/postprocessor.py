@@ -1,0 +1,40 @@
+"""The post-processor deployment: streams from a model deployment, validating RRR on the way."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator, Optional
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from rrr_ray.serving.protocol import EngineRequest
+from rrr_ray.serving.streams import OutputChunk, postprocess
+
+
+@serve.deployment(name="RRRPostProcessor", ray_actor_options={"num_cpus": 0.1})
+class RRRPostProcessor:
+    def __init__(self, models: dict[str, DeploymentHandle]) -> None:
+        """``models`` maps every served name (models and LoRA adapters) to its model deployment."""
+        self.models = models
+        self.streams = {name: handle.options(stream=True) for name, handle in models.items()}
+
+    async def stream(self, request: EngineRequest, with_repair: bool = False) -> AsyncIterator[OutputChunk]:
+        handle = self.streams.get(request.model)
+        if handle is None:
+            yield OutputChunk(finished=True, error=f"model {request.model!r} is not served", status=404)
+            return
+        model_stream = handle.generate.remote(request)
+        try:
+            async for chunk in postprocess(model_stream, with_repair):
+                yield chunk
+        finally:
+            model_stream.cancel()
+
+    async def health(self) -> dict[str, Optional[str]]:
+        names = list(self.models)
+        results = await asyncio.gather(*(self.models[n].health.remote() for n in names), return_exceptions=True)
+        return {n: (f"{type(r).__name__}: {r}" if isinstance(r, BaseException) else r) for n, r in zip(names, results)}
+
+    async def num_unfinished_requests(self, model: str) -> int:
+        return await self.models[model].num_unfinished_requests.remote()

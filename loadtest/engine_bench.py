@@ -1,0 +1,137 @@
+"""System (a) of the side-by-side benchmark: vLLM ``AsyncLLM`` called directly in-process (the limit).
+
+    python -m loadtest.engine_bench --model models/rrr-tiny --concurrency 1,4,16 --out records.json
+
+Same prompts (chat template applied by the model's tokenizer), same closed-loop concurrency, same
+:class:`~loadtest.metrics.RequestRecord` as the HTTP clients; each engine output (a delta of one or
+more tokens) counts as one chunk. :mod:`loadtest.compare` runs this as a subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import asdict
+from typing import Any
+
+DEFAULT_ENGINE_ARGS: dict[str, Any] = {
+    "max_model_len": 1024,
+    "max_num_seqs": 32,
+    "enable_prefix_caching": True,
+}
+
+
+def parse_engine_args(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs, values parsed as JSON when they are JSON (``true``, ``8``, ``"x"``)."""
+    out: dict[str, Any] = {}
+    for p in pairs:
+        k, _, v = p.partition("=")
+        try:
+            out[k.replace("-", "_")] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.replace("-", "_")] = v
+    return out
+
+
+def build_engine(model: str, overrides: dict[str, Any]):
+    from vllm import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    kwargs = {**DEFAULT_ENGINE_ARGS, **overrides}
+    return AsyncLLM.from_engine_args(AsyncEngineArgs(model=model, **kwargs))
+
+
+async def one_request(engine, prompt: str, max_tokens: int, ignore_eos: bool, temperature: float, users: int):
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    from loadtest.metrics import StreamTracker
+
+    sp = SamplingParams(max_tokens=max_tokens, ignore_eos=ignore_eos, temperature=temperature,
+                        output_kind=RequestOutputKind.DELTA)
+    tr = StreamTracker("engine", users)
+    n_out, n_in = 0, 0
+    try:
+        async for out in engine.generate(prompt, sp, request_id=uuid.uuid4().hex):
+            if out.prompt_token_ids is not None and not n_in:
+                n_in = len(out.prompt_token_ids)
+            k = len(out.outputs[0].token_ids) if out.outputs else 0
+            if k:
+                n_out += k
+                tr.chunk(k)
+        return tr.finish(n_out, n_in)
+    except Exception as exc:  # noqa: BLE001 - recorded as a failed request
+        return tr.fail(f"{type(exc).__name__}: {exc}")
+
+
+async def run_levels(engine, prompts: list[str], levels: list[int], n_for, max_tokens: int, ignore_eos: bool,
+                     temperature: float, warmup: int) -> dict[str, Any]:
+    from loadtest.client import closed_loop
+
+    for i in range(warmup):
+        await one_request(engine, prompts[i % len(prompts)], max_tokens, ignore_eos, temperature, 0)
+    results: dict[str, Any] = {}
+    for c in levels:
+        n = n_for(c)
+
+        async def make(i: int, c=c):
+            return await one_request(engine, prompts[i % len(prompts)], max_tokens, ignore_eos, temperature, c)
+
+        records, wall = await closed_loop(make, c, n)
+        results[str(c)] = {"wall_s": wall, "records": [asdict(r) for r in records]}
+        ok = [r for r in records if r.success]
+        print(f"[engine] c={c}: {len(ok)}/{len(records)} ok, {sum(r.output_tokens for r in ok) / wall:.1f} tok/s",
+              flush=True)
+    return results
+
+
+def chat_prompts(model: str, prompts: list[str]) -> list[str]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    return [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts]
+
+
+def requests_for(c: int, per_level: int | None) -> int:
+    """Requests measured at concurrency ``c``: the given number, else ``max(8, 2c)``."""
+    return per_level if per_level else max(8, 2 * c)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from loadtest.client import load_prompts
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="models/rrr-tiny")
+    ap.add_argument("--prompts", default=None)
+    ap.add_argument("--concurrency", default="1,4,16")
+    ap.add_argument("--requests-per-level", type=int, default=None)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--no-ignore-eos", action="store_true")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--engine-arg", action="append", default=[], help="AsyncEngineArgs key=value (repeatable)")
+    ap.add_argument("--out", required=True, help="JSON file for the per-level records")
+    args = ap.parse_args(argv)
+
+    levels = [int(x) for x in args.concurrency.split(",") if x]
+    prompts = chat_prompts(args.model, load_prompts(args.prompts))
+    t0 = time.perf_counter()
+    engine = build_engine(args.model, parse_engine_args(args.engine_arg))
+    startup = time.perf_counter() - t0
+    print(f"[engine] started in {startup:.1f}s", flush=True)
+    try:
+        results = asyncio.run(run_levels(engine, prompts, levels, lambda c: requests_for(c, args.requests_per_level),
+                                         args.max_tokens, not args.no_ignore_eos, args.temperature, args.warmup))
+    finally:
+        engine.shutdown()
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump({"startup_s": startup, "engine_args": {**DEFAULT_ENGINE_ARGS, **parse_engine_args(args.engine_arg)},
+                   "levels": results}, f)
+
+
+if __name__ == "__main__":
+    main()

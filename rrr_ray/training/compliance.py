@@ -1,0 +1,139 @@
+"""RRR format compliance of a model's replies (the seed's ``validate_generations``, as JSON).
+
+``measure_compliance(generate_fn, prompts)`` works with any backend: ``generate_fn`` takes a list
+of user prompts and returns one reply per prompt (plain reply text, or ChatML-wrapped output).
+The strict rule is :func:`rrr_ray.validate` on the raw reply, with no repair.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from rrr_ray.format import extract_assistant_reply, repair, validate
+
+log = logging.getLogger(__name__)
+
+GenerateFn = Callable[[list[str]], list[str]]
+CATEGORIES: tuple[str, ...] = ("general", "emotional_support", "practical_advice", "philosophical", "adversarial")
+
+
+def load_prompts(path: str | Path) -> list[dict[str, str]]:
+    """Read ``{"id", "category", "prompt"}`` JSON lines."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such prompts file")
+    prompts = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        if not isinstance(item, dict) or not item.get("prompt"):
+            raise ValueError(f"{path}: line {n}: expected an object with a 'prompt'")
+        prompts.append({"id": str(item.get("id", n)), "category": item.get("category", "general"),
+                        "prompt": item["prompt"]})
+    return prompts
+
+
+def _as_prompt_dicts(prompts: Iterable[str | Mapping[str, str]]) -> list[dict[str, str]]:
+    out = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, str):
+            out.append({"id": str(i), "category": "general", "prompt": p})
+        else:
+            out.append({"id": str(p.get("id", i)), "category": p.get("category", "general"), "prompt": p["prompt"]})
+    return out
+
+
+def measure_compliance(generate_fn: GenerateFn, prompts: Sequence[str | Mapping[str, str]],
+                       samples_per_prompt: int = 1, keep_examples: int = 3) -> dict[str, Any]:
+    """Generate ``samples_per_prompt`` replies per prompt and report format compliance.
+
+    Returns ``{"compliance", "repaired_compliance", "n", "valid", "by_category", "errors",
+    "examples"}``: ``compliance`` is the strict share of replies that validate as they are,
+    ``repaired_compliance`` the share valid after :func:`rrr_ray.repair`, ``errors`` counts the
+    error codes, ``examples`` holds a few replies of each verdict."""
+    items = _as_prompt_dicts(prompts)
+    if not items:
+        raise ValueError("no prompts to measure compliance on")
+    batch = [p for p in items for _ in range(samples_per_prompt)]
+    replies = generate_fn([p["prompt"] for p in batch])
+    if len(replies) != len(batch):
+        raise ValueError(f"generate_fn returned {len(replies)} replies for {len(batch)} prompts")
+    valid = repaired_valid = 0
+    errors: Counter[str] = Counter()
+    per_cat: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    examples: dict[str, list[dict[str, str]]] = {"valid": [], "invalid": []}
+    for p, raw in zip(batch, replies):
+        reply = extract_assistant_reply(raw)
+        v = validate(reply)
+        repaired_valid += repair(reply)[1].valid_after
+        valid += v.valid
+        per_cat[p["category"]][0] += v.valid
+        per_cat[p["category"]][1] += 1
+        errors.update(set(v.error_codes))
+        bucket = examples["valid" if v.valid else "invalid"]
+        if len(bucket) < keep_examples:
+            bucket.append({"prompt": p["prompt"], "reply": reply})
+    n = len(batch)
+    return {
+        "compliance": valid / n,
+        "repaired_compliance": repaired_valid / n,
+        "n": n,
+        "valid": valid,
+        "prompts": len(items),
+        "samples_per_prompt": samples_per_prompt,
+        "by_category": {c: {"compliance": v / t, "n": t} for c, (v, t) in sorted(per_cat.items())},
+        "errors": dict(errors.most_common()),
+        "examples": examples,
+    }
+
+
+def hf_generate_fn(model, tokenizer, max_new_tokens: int = 256, temperature: float = 0.7,
+                   batch_size: int = 64, seed: int = 0) -> GenerateFn:
+    """A ``generate_fn`` over a transformers (or peft) causal LM, ChatML single-turn prompts,
+    sampled at ``temperature`` (greedy when 0)."""
+    import torch
+
+    def generate(prompts: list[str]) -> list[str]:
+        torch.manual_seed(seed)
+        was_training = model.training
+        model.eval()
+        tokenizer.padding_side = "left"
+        out: list[str] = []
+        try:
+            for i in range(0, len(prompts), batch_size):
+                texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                       add_generation_prompt=True) for p in prompts[i:i + batch_size]]
+                enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+                with torch.no_grad():
+                    gen = model.generate(
+                        **enc, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                        temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                    )
+                new = gen[:, enc["input_ids"].shape[1]:]
+                out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+        finally:
+            if was_training:
+                model.train()
+        return out
+
+    return generate
+
+
+def vllm_generate_fn(llm, max_new_tokens: int = 256, temperature: float = 0.7, seed: int = 0,
+                     lora_request=None) -> GenerateFn:
+    """A ``generate_fn`` over a ``vllm.LLM`` (chat API, so the model's chat template applies)."""
+    from vllm import SamplingParams
+
+    def generate(prompts: list[str]) -> list[str]:
+        params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        convs = [[{"role": "user", "content": p}] for p in prompts]
+        outs = llm.chat(convs, params, use_tqdm=False, lora_request=lora_request)
+        return [o.outputs[0].text for o in outs]
+
+    return generate

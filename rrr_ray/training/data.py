@@ -1,0 +1,199 @@
+"""Training data: seed dialogues as ChatML token sequences with assistant-only loss masks.
+
+Records are ``{conversation_id, messages, num_turns}`` (:class:`rrr_ray.data.records.DialogueRecord`).
+Assistant turns are repaired with :func:`rrr_ray.repair` before training (tagged text), or reduced to
+the spoken reply (the ``respond`` section) for the untagged pretraining text of the base model.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from rrr_ray.data.records import DialogueRecord, read_dialogues
+from rrr_ray.format import repair, validate
+from rrr_ray.format.chatml import ASSISTANT_HEADER, IM_END, IM_START
+from rrr_ray.format.spec import SECTION_NAMES
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEED_PATHS: tuple[str, ...] = ("data/seed/seed_dialogues.json", "data/seed/curated_seed_dialogues")
+_ANY_TAG = re.compile(r"</?\s*(?:" + "|".join(SECTION_NAMES) + r")\s*>", re.IGNORECASE)
+
+
+def load_records(paths: Iterable[str | Path]) -> list[DialogueRecord]:
+    """Read dialogue records from seed files/folders, JSONL shards or a saved HF dataset folder."""
+    records: list[DialogueRecord] = []
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: no such dataset file or folder")
+        if p.is_dir() and ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists()):
+            records.extend(records_from_hf(load_hf_dataset(str(p))))
+        else:
+            records.extend(read_dialogues(p))
+    if not records:
+        raise ValueError(f"no dialogues found in {', '.join(map(str, paths))}")
+    return records
+
+
+def load_hf_dataset(name_or_path: str, split: str = "train"):
+    """A Hugging Face dataset from disk (``save_to_disk`` folder) or by hub name where reachable."""
+    import datasets
+
+    p = Path(name_or_path)
+    if p.exists():
+        ds = datasets.load_from_disk(str(p))
+    elif "/" in name_or_path and not p.is_absolute() and not name_or_path.startswith("."):
+        ds = datasets.load_dataset(name_or_path)
+    else:
+        raise FileNotFoundError(f"{name_or_path}: no such dataset folder (and not a hub dataset name)")
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise ValueError(f"{name_or_path}: no split {split!r} (has {', '.join(ds)})")
+        ds = ds[split]
+    missing = {"conversation_id", "messages"} - set(ds.column_names)
+    if missing:
+        raise ValueError(f"{name_or_path}: not a dialogue dataset, missing columns {sorted(missing)}")
+    return ds
+
+
+def records_from_hf(ds) -> list[DialogueRecord]:
+    return [DialogueRecord.from_messages(str(row["conversation_id"]), row["messages"]) for row in ds]
+
+
+def records_to_hf(records: Sequence[DialogueRecord]):
+    import datasets
+
+    return datasets.Dataset.from_list([r.to_dict() for r in records])
+
+
+def tagged_records(records: Iterable[DialogueRecord]) -> tuple[list[DialogueRecord], int]:
+    """Records with every assistant turn repaired; conversations with an unrepairable turn are
+    dropped. Returns the records and the number of dropped conversations."""
+    out, dropped = [], 0
+    for r in records:
+        msgs = []
+        ok = True
+        for m in r.messages:
+            content = m.content
+            if m.role == "assistant":
+                content, report = repair(content)
+                ok = ok and report.valid_after
+            msgs.append({"role": m.role, "content": content})
+        if ok:
+            out.append(DialogueRecord.from_messages(r.conversation_id, msgs))
+        else:
+            dropped += 1
+    if dropped:
+        log.warning("dropped %d conversations with an unrepairable assistant turn", dropped)
+    return out, dropped
+
+
+def spoken_reply(text: str) -> str:
+    """The plain spoken reply of an RRR turn (its ``respond`` section), with no tags left."""
+    fixed, _ = repair(text)
+    respond = validate(fixed).sections.get("respond")
+    if respond:
+        return respond
+    return _ANY_TAG.sub(" ", text).strip()
+
+
+def untagged_records(records: Iterable[DialogueRecord]) -> list[DialogueRecord]:
+    """Records whose assistant turns are plain spoken replies (RRR tags stripped)."""
+    return [
+        DialogueRecord.from_messages(
+            r.conversation_id,
+            [{"role": m.role, "content": spoken_reply(m.content) if m.role == "assistant" else m.content}
+             for m in r.messages],
+        )
+        for r in records
+    ]
+
+
+def section_documents(records: Sequence[DialogueRecord], per_document: int = 6, seed: int = 0) -> list[str]:
+    """Plain (non-chat) documents made of single tagged sections from the assistant turns, shuffled
+    across turns and sections: tag-bearing pretraining text that never shows a whole RRR reply in
+    a chat turn. Each document holds ``per_document`` sections, one a line."""
+    pieces = []
+    for r in records:
+        for m in r.messages:
+            if m.role == "assistant":
+                pieces.extend(f"<{k}>{v}</{k}>" for k, v in validate(m.content).sections.items())
+    random.Random(seed).shuffle(pieces)
+    return ["\n".join(pieces[i:i + per_document]) for i in range(0, len(pieces), per_document)]
+
+
+def split_records(records: Sequence[DialogueRecord], val_fraction: float, seed: int = 0):
+    """Deterministic train/validation split by conversation."""
+    idx = list(range(len(records)))
+    random.Random(seed).shuffle(idx)
+    n_val = max(1, round(len(records) * val_fraction)) if val_fraction > 0 and len(records) > 1 else 0
+    val = [records[i] for i in sorted(idx[:n_val])]
+    train = [records[i] for i in sorted(idx[n_val:])]
+    return train, val
+
+
+def tokenize_chatml(messages: Sequence[dict[str, str]], tokenizer, max_length: int = 1024) -> dict[str, list[int]]:
+    """ChatML token ids of a conversation and its assistant mask (1 on the tokens of each assistant
+    reply and its closing ``<|im_end|>``, 0 elsewhere), truncated to ``max_length``.
+
+    The layout is :func:`rrr_ray.format.chatml.render_chatml`, tokenised piece by piece so that the
+    mask boundaries are exact."""
+    ids: list[int] = []
+    mask: list[int] = []
+
+    def add(text: str, m: int) -> None:
+        t = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids.extend(t)
+        mask.extend([m] * len(t))
+
+    for msg in messages:
+        role, content = msg["role"], msg["content"]
+        add(f"{IM_START}{role}\n", 0)
+        if role == "assistant":
+            add(f"{content}{IM_END}", 1)
+            add("\n", 0)
+        else:
+            add(f"{content}{IM_END}\n", 0)
+    return {"input_ids": ids[:max_length], "assistant_masks": mask[:max_length]}
+
+
+def conversation_examples(records: Sequence[DialogueRecord], prefix_turns: int = 2) -> list[list[dict[str, str]]]:
+    """The training conversations: each whole conversation, plus its prefixes ending after
+    assistant turn 1..``prefix_turns`` (weights the start of conversations, where single-turn
+    prompts land)."""
+    out = []
+    for r in records:
+        msgs = [m.model_dump() for m in r.messages]
+        ends = [i + 1 for i, m in enumerate(msgs) if m["role"] == "assistant"]
+        for e in ends[: max(0, prefix_turns)]:
+            if e < len(msgs):
+                out.append(msgs[:e])
+        out.append(msgs)
+    return out
+
+
+def tokenized_dataset(records: Sequence[DialogueRecord], tokenizer, max_length: int = 1024,
+                      prefix_turns: int = 2) -> list[dict[str, Any]]:
+    rows = [tokenize_chatml(c, tokenizer, max_length) for c in conversation_examples(records, prefix_turns)]
+    return [r for r in rows if any(r["assistant_masks"])]
+
+
+def first_user_prompts(records: Sequence[DialogueRecord]) -> list[dict[str, str]]:
+    """Single-turn prompts (the first user message) of held-out conversations, for checkpoint
+    selection; never the evaluation prompts."""
+    out = []
+    for r in records:
+        for m in r.messages:
+            if m.role == "user":
+                out.append({"id": r.conversation_id, "category": "validation", "prompt": m.content})
+                break
+    return out
+
+
+def chatml_prompt(prompt: str) -> str:
+    return f"{IM_START}user\n{prompt}{IM_END}\n{ASSISTANT_HEADER}"

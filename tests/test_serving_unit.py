@@ -1,0 +1,252 @@
+"""The serving logic without Ray: batching, post-processing, the HTTP API over a fake engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from rrr_ray import validate
+from rrr_ray.serving.api import create_app
+from rrr_ray.serving.batching import batched
+from rrr_ray.serving.engine import EngineConfig
+from rrr_ray.serving.fake_engine import VALID_REPLY, FakeEngine
+from rrr_ray.serving.protocol import EngineRequest, SamplingOptions
+from rrr_ray.serving.service import RRRService, ServedModel
+from rrr_ray.serving.streams import SectionLabeler, model_stream, postprocess
+
+
+def make_service(interval: float = 0.0, max_model_len: int = 512) -> tuple[RRRService, FakeEngine]:
+    engine = FakeEngine(EngineConfig(name="fake", path="-", max_model_len=max_model_len,
+                                     engine_kwargs={"token_interval_s": interval}))
+
+    def stream(request: EngineRequest, with_repair: bool):
+        return postprocess(model_stream(engine, request, 0.01), with_repair)
+
+    async def health():
+        try:
+            await engine.check_health()
+            return {"fake": None}
+        except Exception as exc:
+            return {"fake": str(exc)}
+
+    return RRRService(stream, health, [ServedModel("fake", "-")]), engine
+
+
+def client(service: RRRService) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(service)), base_url="http://test")
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+# -- batching ---------------------------------------------------------------------------------
+
+async def _ticker(n: int, interval: float):
+    for i in range(n):
+        await asyncio.sleep(interval)
+        yield i
+
+
+def test_batched_flushes_first_item_alone_and_keeps_everything_in_order():
+    async def main():
+        return [b async for b in batched(_ticker(40, 0.002), interval_s=0.02)]
+    batches = run(main())
+    assert batches[0] == [0]
+    assert [i for b in batches for i in b] == list(range(40))
+    assert len(batches) < 40  # later items travel together
+
+
+def test_batched_passes_errors_after_the_items_before_them():
+    async def failing():
+        yield 1
+        yield 2
+        raise RuntimeError("boom")
+
+    async def main():
+        got = []
+        with pytest.raises(RuntimeError, match="boom"):
+            async for b in batched(failing(), interval_s=0.01):
+                got.extend(b)
+        return got
+    assert run(main()) == [1, 2]
+
+
+def test_closing_the_batcher_closes_the_source():
+    closed = asyncio.Event()
+
+    async def endless():
+        try:
+            while True:
+                await asyncio.sleep(0.001)
+                yield 1
+        finally:
+            closed.set()
+
+    async def main():
+        gen = batched(endless(), interval_s=0.005)
+        await anext(gen)
+        await gen.aclose()
+        return closed.is_set()
+    assert run(main())
+
+
+# -- labelling ----------------------------------------------------------------------------------
+
+def test_labeler_gives_tag_pieces_the_section_they_open_or_close():
+    labeler = SectionLabeler()
+    out = []
+    for token in ["<", "react", ">", "*nods*", "</", "react>", "\n", "<respond>", "2 <", " 3", "</respond>"]:
+        out += labeler.push(token)
+    rest, validation = labeler.close()
+    labels = dict(out)
+    assert [s for _, s in out[:3]] == ["react"] * 3
+    assert labels["*nods*"] == "react" and labels["</"] == "react"
+    assert labels["\n"] is None
+    assert labels["2 <"] == "respond" and labels[" 3"] == "respond"
+    assert not validation.valid and validation.error_codes == ["missing_tag"]
+
+
+# -- the HTTP API over the fake engine ----------------------------------------------------------
+
+def test_generate_returns_text_metadata_and_validation():
+    service, _ = make_service()
+
+    async def main():
+        async with client(service) as c:
+            return await c.post("/generate", json={"prompt": "I feel stuck."})
+    r = run(main())
+    body = r.json()
+    assert r.status_code == 200, body
+    assert body["generated_text"] == VALID_REPLY and body["error"] is None
+    assert body["validation"]["valid"] is True
+    meta = body["metadata"]
+    assert meta["output_tokens"] == len(VALID_REPLY) // 4 + (len(VALID_REPLY) % 4 > 0)
+    assert meta["time_to_first_token_seconds"] is not None and meta["tokens_per_second"] > 0
+
+
+def test_stream_is_ndjson_with_sections_and_a_final_record():
+    service, _ = make_service()
+
+    async def main():
+        async with client(service) as c:
+            r = await c.post("/generate", json={"prompt": "hi [invalid]", "stream": True, "repair": True})
+            return r.status_code, r.headers["content-type"], [json.loads(line) for line in r.text.splitlines()]
+    status, ctype, lines = run(main())
+    assert status == 200 and ctype.startswith("application/x-ndjson")
+    assert all(line["finished"] is False for line in lines[:-1])
+    assert {line["section"] for line in lines[:-1]} <= {"react", "respond", "reflect", None}
+    final = lines[-1]
+    assert final["finished"] is True and final["token"] == ""
+    assert final["validation"]["valid"] is False
+    assert [e["code"] for e in final["validation"]["errors"]] == ["missing_tag"]
+    assert final["repair"]["unrepaired"][0]["code"] == "missing_tag"
+    text = "".join(line["token"] for line in lines[:-1])
+    assert validate(text).model_dump(mode="json") == final["validation"]
+
+
+def test_engine_error_mid_stream_ends_with_an_error_line():
+    service, engine = make_service()
+
+    async def main():
+        async with client(service) as c:
+            r = await c.post("/generate", json={"prompt": "x [fail-after:5]", "stream": True})
+            return [json.loads(line) for line in r.text.splitlines()]
+    lines = run(main())
+    assert lines[-1]["finished"] is True and "failed" in lines[-1]["error"]
+    assert 1 <= len(lines) - 1 <= 5
+    assert engine.running == 0
+
+
+@pytest.mark.parametrize("body, status, fragment", [
+    ({}, 422, "exactly one of 'prompt' or 'messages'"),
+    ({"prompt": "a", "messages": [{"role": "user", "content": "b"}]}, 422, "exactly one"),
+    ({"prompt": "a", "temperature": 5}, 422, "temperature"),
+    ({"prompt": "a", "max_new_tokens": 100000}, 422, "max_new_tokens"),
+    ({"prompt": 3}, 422, "prompt"),
+    ({"prompt": "a", "model": "nope"}, 404, "not served"),
+    ({"prompt": "a" * 4000}, 400, "context"),
+    ({"prompt": "a", "colour": "red"}, 422, "colour"),
+])
+def test_bad_requests_get_a_clear_4xx(body, status, fragment):
+    service, _ = make_service()
+
+    async def main():
+        async with client(service) as c:
+            return await c.post("/generate", json=body)
+    r = run(main())
+    assert r.status_code == status
+    assert fragment in r.json()["error"]
+
+
+def test_invalid_json_is_a_400():
+    service, _ = make_service()
+
+    async def main():
+        async with client(service) as c:
+            return await c.post("/generate", content=b"{not json", headers={"content-type": "application/json"})
+    r = run(main())
+    assert r.status_code == 400 and r.json()["error"] == "the body is not valid JSON"
+
+
+def test_health_turns_503_when_the_engine_dies():
+    service, engine = make_service()
+
+    async def main():
+        async with client(service) as c:
+            ok = await c.get("/health")
+            engine.dead = True
+            return ok, await c.get("/health")
+    ok, dead = run(main())
+    assert ok.status_code == 200 and ok.json() == {"status": "ok", "model_loaded": True, "models": {"fake": True}}
+    assert dead.status_code == 503 and dead.json()["model_loaded"] is False
+
+
+def test_openai_routes_stream_sse_and_list_models():
+    service, _ = make_service()
+
+    async def main():
+        async with client(service) as c:
+            models = (await c.get("/v1/models")).json()
+            r = await c.post("/v1/chat/completions", json={
+                "model": "fake", "messages": [{"role": "user", "content": "hi"}], "stream": True})
+            full = (await c.post("/v1/chat/completions", json={
+                "messages": [{"role": "user", "content": "hi"}]})).json()
+            bad = await c.post("/v1/chat/completions", json={"messages": []})
+            return models, r.text, full, bad
+    models, sse, full, bad = run(main())
+    assert [m["id"] for m in models["data"]] == ["fake"]
+    events = [e[len("data: "):] for e in sse.strip().split("\n\n")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == VALID_REPLY
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop" and chunks[-1]["rrr_validation"]["valid"]
+    assert full["choices"][0]["message"]["content"] == VALID_REPLY and full["usage"]["completion_tokens"] > 0
+    assert bad.status_code == 422 and "messages" in bad.json()["error"]["message"]
+
+
+def test_sampling_options_travel_to_the_engine():
+    seen = {}
+    engine = FakeEngine(EngineConfig(name="fake", path="-", engine_kwargs={"token_interval_s": 0}))
+
+    def stream(request, with_repair):
+        seen["request"] = request
+        return postprocess(model_stream(engine, request, 0.0), with_repair)
+
+    async def health():
+        return {"fake": None}
+
+    service = RRRService(stream, health, [ServedModel("fake", "-")])
+
+    async def main():
+        async with client(service) as c:
+            await c.post("/generate", json={"messages": [{"role": "user", "content": "hi"}], "system": "Be kind.",
+                                            "temperature": 0.2, "top_k": 5, "max_new_tokens": 7, "guided": True})
+    run(main())
+    request: EngineRequest = seen["request"]
+    assert request.messages[0] == {"role": "system", "content": "Be kind."}
+    assert request.sampling == SamplingOptions(temperature=0.2, top_k=5, max_new_tokens=7)
+    assert request.guided_regex is not None
