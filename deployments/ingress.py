@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Optional
+from typing import Any, AsyncIterator, Optional
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from rrr_ray.serving.api import create_app
+from rrr_ray.serving.api import create_app, install_service
 from rrr_ray.serving.metrics import try_create_metrics
 from rrr_ray.serving.protocol import EngineRequest
 from rrr_ray.serving.service import RRRService, ServedModel
@@ -22,9 +22,9 @@ class RRRIngress:
     def __init__(self, postprocessor: DeploymentHandle, models: list[dict], default_model: Optional[str]) -> None:
         self.postprocessor = postprocessor
         self.streaming = postprocessor.options(stream=True)
-        app.state.service = RRRService(
+        install_service(RRRService(
             stream=self._stream, health=self._health, models=[ServedModel(**m) for m in models],
-            default_model=default_model, metrics=try_create_metrics())
+            default_model=default_model, metrics=try_create_metrics()))
 
     async def _stream(self, request: EngineRequest, with_repair: bool) -> AsyncIterator[OutputChunk]:
         response = self.streaming.stream.remote(request, with_repair)
@@ -34,8 +34,8 @@ class RRRIngress:
         finally:
             response.cancel()
 
-    async def _health(self) -> dict[str, Optional[str]]:
+    async def _health(self) -> dict[str, dict[str, Any]]:
         try:
             return await self.postprocessor.health.remote()
         except Exception as exc:
-            return {"graph": f"{type(exc).__name__}: {exc}"}
+            return {"graph": {"error": f"{type(exc).__name__}: {exc}", "unfinished_requests": None}}

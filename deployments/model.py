@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import AsyncIterator, Optional
+from typing import Any, AsyncIterator
 
 from ray import serve
 
@@ -30,13 +30,14 @@ class RRRModel:
         """Serve's replica health check: a dead engine gets its replica restarted."""
         await self.engine.check_health()
 
-    async def health(self) -> Optional[str]:
-        """None when healthy, else why not (for the /health route)."""
+    async def health(self) -> dict[str, Any]:
+        """For the /health route: why the engine is unhealthy (None if it is not), and its load."""
         try:
             await self.engine.check_health()
-            return None
+            error = None
         except Exception as exc:
-            return str(exc)
+            error = str(exc)
+        return {"error": error, "unfinished_requests": self.engine.num_unfinished_requests()}
 
     def num_unfinished_requests(self) -> int:
         return self.engine.num_unfinished_requests()

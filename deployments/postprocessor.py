@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Optional
+from typing import Any, AsyncIterator
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -31,10 +31,12 @@ class RRRPostProcessor:
         finally:
             model_stream.cancel()
 
-    async def health(self) -> dict[str, Optional[str]]:
+    async def health(self) -> dict[str, dict[str, Any]]:
+        """Health and load of every served name (LoRA adapters report their base deployment)."""
         names = list(self.models)
         results = await asyncio.gather(*(self.models[n].health.remote() for n in names), return_exceptions=True)
-        return {n: (f"{type(r).__name__}: {r}" if isinstance(r, BaseException) else r) for n, r in zip(names, results)}
+        return {n: ({"error": f"{type(r).__name__}: {r}", "unfinished_requests": None}
+                    if isinstance(r, BaseException) else r) for n, r in zip(names, results)}
 
     async def num_unfinished_requests(self, model: str) -> int:
         return await self.models[model].num_unfinished_requests.remote()

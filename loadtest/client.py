@@ -41,6 +41,9 @@ def generate_payload(prompt: str, max_tokens: int, *, temperature: float = 0.0, 
         "messages": [{"role": "user", "content": prompt}],
         "max_new_tokens": max_tokens,
         "temperature": temperature,
+        "top_p": 1.0,
+        "top_k": -1,
+        "repetition_penalty": 1.0,
         "stream": True,
     }
     if ignore_eos:

@@ -17,10 +17,13 @@ import uuid
 from dataclasses import asdict
 from typing import Any
 
+# The settings of rrr_ray.serving.engine.VLLMEngine for the embedded model (serve_config.yaml);
+# loadtest.compare passes the graph's own values with --engine-arg.
 DEFAULT_ENGINE_ARGS: dict[str, Any] = {
+    "dtype": "float32",
     "max_model_len": 1024,
     "max_num_seqs": 32,
-    "enable_prefix_caching": True,
+    "disable_log_stats": True,
 }
 
 
@@ -128,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
                                          args.max_tokens, not args.no_ignore_eos, args.temperature, args.warmup))
     finally:
         engine.shutdown()
+        del engine
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump({"startup_s": startup, "engine_args": {**DEFAULT_ENGINE_ARGS, **parse_engine_args(args.engine_arg)},
                    "levels": results}, f)

@@ -72,7 +72,7 @@ def create_app(model_path: str, max_threads: int | None = None):
         kw: dict[str, Any] = {"max_new_tokens": req.max_new_tokens, "repetition_penalty": req.repetition_penalty,
                               "pad_token_id": tokenizer.pad_token_id or tokenizer.eos_token_id}
         if req.temperature and req.temperature > 0:
-            kw.update(do_sample=True, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k or None)
+            kw.update(do_sample=True, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k if req.top_k > 0 else None)
         else:
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if req.ignore_eos:

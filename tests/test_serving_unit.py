@@ -28,9 +28,10 @@ def make_service(interval: float = 0.0, max_model_len: int = 512) -> tuple[RRRSe
     async def health():
         try:
             await engine.check_health()
-            return {"fake": None}
+            error = None
         except Exception as exc:
-            return {"fake": str(exc)}
+            error = str(exc)
+        return {"fake": {"error": error, "unfinished_requests": engine.num_unfinished_requests()}}
 
     return RRRService(stream, health, [ServedModel("fake", "-")]), engine
 
@@ -201,7 +202,8 @@ def test_health_turns_503_when_the_engine_dies():
             engine.dead = True
             return ok, await c.get("/health")
     ok, dead = run(main())
-    assert ok.status_code == 200 and ok.json() == {"status": "ok", "model_loaded": True, "models": {"fake": True}}
+    assert ok.status_code == 200 and ok.json() == {"status": "ok", "model_loaded": True, "models": {"fake": True},
+                                            "unfinished_requests": {"fake": 0}}
     assert dead.status_code == 503 and dead.json()["model_loaded"] is False
 
 
@@ -237,7 +239,7 @@ def test_sampling_options_travel_to_the_engine():
         return postprocess(model_stream(engine, request, 0.0), with_repair)
 
     async def health():
-        return {"fake": None}
+        return {"fake": {"error": None, "unfinished_requests": 0}}
 
     service = RRRService(stream, health, [ServedModel("fake", "-")])
 

@@ -176,7 +176,7 @@ class CuratedSet:
         Returns the backup folder, or None when nothing changed."""
         path = self.resolve(ref)
         old = path.read_text(encoding="utf-8")
-        header = parse_curated_text(old, path.stem, str(path))[0]
+        header, old_rec = parse_curated_text(old, path.stem, str(path))
         try:
             if re.match(r"^[^\n]*\n=+\s*\n", new_text):
                 header, rec = parse_curated_text(new_text, path.stem, "edited text")
@@ -184,12 +184,16 @@ class CuratedSet:
                 rec = DialogueRecord.from_messages(path.stem, parse_turns(new_text, "edited text"))
         except (DialogueFormatError, ValueError) as exc:
             raise CurationError(f"edit of {path.name} not saved: {str(exc).splitlines()[0]}") from None
+        if rec.num_turns == 0 or rec.messages[0].role != "user" or any(
+                a.role == b.role for a, b in zip(rec.messages, rec.messages[1:])):
+            raise CurationError(f"edit of {path.name} not saved: turns must alternate User / Virtual Human, "
+                                "starting with User, with at least one Virtual Human reply")
         errors = record_errors(rec)
         if errors and not force:
             raise CurationError(f"edit of {path.name} not saved: invalid replies ({', '.join(errors)}); pass --force to keep it")
-        text = format_curated_text(header, rec)
-        if text == old:
+        if rec.messages == old_rec.messages and header == parse_curated_text(old, path.stem)[0]:
             return None
+        text = format_curated_text(header, rec)
         state = self.state()
         state.edits.append({"file": path.name, "at": timestamp()})
         return self._commit({path: text}, state, "edit")

@@ -172,7 +172,7 @@ class GenerationConfig(BaseModel):
     backoff_max: float = Field(default=8.0, ge=0, description="Longest retry delay in seconds.")
     format_retries: int = Field(default=2, ge=0, description="New samples asked for a reply that fails validation.")
     repair: bool = Field(default=True, description="Accept a reply that the format core's repair makes valid.")
-    guided: bool = Field(default=False, description="Ask vLLM-compatible servers to constrain replies with the RRR regex.")
+    guided: bool = Field(default=False, description="Ask the server for guided decoding with the RRR regex (rrr-ray and vLLM servers).")
     request_timeout: float = Field(default=120.0, gt=0, description="Seconds before one request times out.")
     shard_size: int = Field(default=10, ge=1, description="Accepted dialogues per JSONL shard.")
     max_attempts: Optional[int] = Field(default=None, ge=1, description="Stop after this many dialogue attempts; default 3N+10.")
@@ -368,7 +368,8 @@ class DialogueGenerator:
         if cfg.guided:
             from rrr_ray.format import guided_regex
 
-            self._extra = {"structured_outputs": {"regex": guided_regex()}}
+            # rrr-ray's own endpoint reads ``guided``; vLLM's reads ``structured_outputs``; each ignores the other.
+            self._extra = {"guided": True, "structured_outputs": {"regex": guided_regex()}}
 
     async def chat(self, messages: list[dict], temperature: float, max_tokens: int, result: DialogueResult,
                    rng: random.Random, guided: bool = True) -> str:
@@ -696,7 +697,6 @@ def run_generation(cfg: GenerationConfig, use_ray: bool = True) -> GenerationSum
     reasons: Counter = Counter()
     accepted = start_total
     attempts = 0
-    t0 = time.monotonic()
 
     def flush() -> None:
         nonlocal seq, buffer, rejected_buffer
@@ -714,11 +714,13 @@ def run_generation(cfg: GenerationConfig, use_ray: bool = True) -> GenerationSum
     if accepted < cfg.num_dialogues:
         check_endpoint(cfg)
     executor = None
+    t0 = time.monotonic()
     bar = tqdm(total=cfg.num_dialogues, initial=min(accepted, cfg.num_dialogues), unit="dlg", desc="generating",
                disable=not cfg.progress, dynamic_ncols=True)
     try:
         if accepted < cfg.num_dialogues:
             executor = (_RayExecutor if use_ray else _LocalExecutor)(cfg)
+        t0 = time.monotonic()  # throughput is measured from the first request, not from cluster start
         index = 0
         pending: dict[Any, int] = {}
         limit = cfg.resolved_attempts()

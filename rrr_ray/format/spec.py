@@ -31,9 +31,9 @@ class SectionSpec:
 
 
 SECTIONS: tuple[SectionSpec, ...] = (
-    SectionSpec("react", "body language, in asterisks", starred=True, max_guided_chars=160),
-    SectionSpec("respond", "what is said", max_guided_chars=400),
-    SectionSpec("reflect", "inner analysis", max_guided_chars=320),
+    SectionSpec("react", "body language, in asterisks", starred=True, max_guided_chars=140),
+    SectionSpec("respond", "what is said", max_guided_chars=320),
+    SectionSpec("reflect", "inner analysis", max_guided_chars=280),
 )
 """The sections, in the order they must appear. Each appears exactly once, closed and non-empty,
 with nothing but whitespace outside them."""

@@ -11,8 +11,21 @@ from rrr_ray.serving.protocol import ChatCompletionRequest, GenerateRequest
 from rrr_ray.serving.service import RRRService, openai_error
 
 
+_installed: RRRService | None = None
+
+
+def install_service(service: RRRService) -> None:
+    """Serve the given service from every app of this process (Ray Serve copies the app object
+    when it builds the ingress replica, so state set on the module's app would not be seen)."""
+    global _installed
+    _installed = service
+
+
 def _service(request: Request) -> RRRService:
-    return request.app.state.service
+    service = getattr(request.app.state, "service", None) or _installed
+    if service is None:
+        raise RuntimeError("no RRRService installed")
+    return service
 
 
 def _is_openai(request: Request) -> bool:

@@ -26,7 +26,8 @@ from rrr_ray.serving.streams import OutputChunk
 logger = logging.getLogger(__name__)
 
 StreamFn = Callable[[EngineRequest, bool], AsyncIterator[OutputChunk]]
-HealthFn = Callable[[], Awaitable[dict[str, Optional[str]]]]
+HealthFn = Callable[[], Awaitable[dict[str, dict[str, Any]]]]
+"""Returns, per served name, ``{"error": str | None, "unfinished_requests": int | None}``."""
 
 
 @dataclass(frozen=True)
@@ -222,10 +223,11 @@ class RRRService:
     # -- /health --------------------------------------------------------------------------------
 
     async def health(self) -> JSONResponse:
-        problems = await self.health_check()
-        dead = {name: err for name, err in problems.items() if err}
-        body = {"status": "ok" if not dead else "unhealthy", "model_loaded": not dead,
-                "models": {name: err is None for name, err in problems.items()}}
+        report = await self.health_check()
+        dead = {name: r["error"] for name, r in report.items() if r.get("error")}
+        body: dict[str, Any] = {"status": "ok" if not dead else "unhealthy", "model_loaded": not dead,
+                                "models": {name: not r.get("error") for name, r in report.items()},
+                                "unfinished_requests": {name: r.get("unfinished_requests") for name, r in report.items()}}
         if dead:
             body["error"] = "; ".join(f"{name}: {err}" for name, err in dead.items())
         return JSONResponse(body, status_code=503 if dead else 200)

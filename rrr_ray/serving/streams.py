@@ -91,6 +91,8 @@ class SectionLabeler:
         self._events: list[StreamEvent] = []
 
     def push(self, token: str) -> list[tuple[str, Optional[str]]]:
+        if not token:  # e.g. the end-of-sequence token, skipped in detokenisation
+            return []
         self._held.append(token)
         self._events += self.validator.feed(token)
         if self.validator.pending:

@@ -68,7 +68,7 @@ def save_model_folder(model, tokenizer, out: str | Path, dtype: str = "bfloat16"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model = model.to(getattr(torch, dtype))
-    model.config.torch_dtype = dtype
+    model.config.dtype = dtype
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id

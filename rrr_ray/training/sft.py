@@ -144,7 +144,6 @@ def _compliance_callback(cfg: SFTJobConfig, tokenizer, prompts):
             res = measure_compliance(fn, prompts, cfg.val_samples)
             state.log_history.append({"val_compliance": res["compliance"], "step": state.global_step})
             log.info("step %d: validation compliance %.3f", state.global_step, res["compliance"])
-            print(f"[compliance] step {state.global_step}: {res['compliance']:.3f}", flush=True)
 
     return ComplianceCallback()
 

@@ -1,0 +1,88 @@
+"""Dialogues per minute of the generation job at concurrency 1 and 8 against one endpoint.
+
+    python -m loadtest.bench_generation --base-url http://127.0.0.1:8000/v1 --model rrr-tiny \
+        --num-dialogues 24 --output out/bench [--concurrency 1 8] [--guided]
+
+Runs the real job (``rrr_ray.data.generation.run_generation`` on one local Ray cluster) once per
+concurrency level, each into a fresh folder, with the same seed, so every level makes the same
+dialogues. Prints the figures and writes ``generation_bench.json`` to ``--output``. A warm-up
+run (not counted) first makes the server compile/cache what it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtest.bench_generation", description=__doc__.split("\n\n")[0])
+    p.add_argument("--base-url", default=None, help="OpenAI-compatible API root (default $OPENAI_BASE_URL or rrr-ray's)")
+    p.add_argument("--model", default=None, help="served model name (default rrr-tiny)")
+    p.add_argument("--num-dialogues", type=int, default=24, help="dialogues per concurrency level")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8], help="levels to measure")
+    p.add_argument("--warmup", type=int, default=2, help="dialogues of an uncounted warm-up run")
+    p.add_argument("--min-turns", type=int, default=2)
+    p.add_argument("--max-turns", type=int, default=2)
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--guided", action="store_true", help="guided decoding (rrr-ray and vLLM servers)")
+    p.add_argument("--mode", choices=["auto", "turns", "whole"], default="auto")
+    p.add_argument("--output", type=Path, required=True, help="folder for generation_bench.json")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    import ray
+
+    from rrr_ray.data.generation import GenerationConfig, GenerationError, run_generation
+
+    common = dict(model=args.model, min_turns=args.min_turns, max_turns=args.max_turns, max_tokens=args.max_tokens,
+                  guided=args.guided, mode=args.mode, progress=False, seed=0)
+    if args.base_url:
+        common["base_url"] = args.base_url
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    results = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="rrr-bench-") as tmp:
+            if args.warmup:
+                run_generation(GenerationConfig(**common, num_dialogues=args.warmup, concurrency=2,
+                                                output=Path(tmp) / "warmup"))
+            for c in args.concurrency:
+                t = time.monotonic()
+                s = run_generation(GenerationConfig(**common, num_dialogues=args.num_dialogues, concurrency=c,
+                                                    output=Path(tmp) / f"c{c}"))
+                results.append({"concurrency": c, "dialogues": s.generated, "rejected": s.rejected,
+                                "rejected_reasons": s.rejected_reasons, "retries": s.retries,
+                                "elapsed_s": s.elapsed_s, "wall_s": round(time.monotonic() - t, 3),
+                                "dialogues_per_minute": s.dialogues_per_minute})
+                print(f"concurrency {c:>2}: {s.generated} dialogues in {s.elapsed_s:.1f}s = "
+                      f"{s.dialogues_per_minute:.1f} dialogues/min (rejected {s.rejected})", flush=True)
+    except GenerationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        ray.shutdown()
+    base = results[0]["dialogues_per_minute"] if results else 0
+    report = {
+        "base_url": common.get("base_url"), "model": GenerationConfig(**common).resolved_model(),
+        "num_dialogues": args.num_dialogues, "turns": [args.min_turns, args.max_turns], "guided": args.guided,
+        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "results": results,
+        "speedup": {str(r["concurrency"]): round(r["dialogues_per_minute"] / base, 2) if base else None for r in results},
+    }
+    if len(results) >= 2:
+        print(f"speedup c={results[-1]['concurrency']} vs c={results[0]['concurrency']}: "
+              f"{report['speedup'][str(results[-1]['concurrency'])]}x")
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "generation_bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.output / 'generation_bench.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""A tiny OpenAI-compatible HTTP server on loopback, for unit tests of the generation client.
+
+It serves ``GET /v1/models`` and ``POST /v1/chat/completions``; ``fail_with`` lists HTTP statuses
+to answer (one per request) before it starts answering normally (``fail_chat_with``: the same,
+for chat completions only); ``require_key`` answers 401 to
+any other bearer token.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+VALID_REPLY = ("<react>*nods warmly*</react>\n<respond>That sounds like a lot. What feels heaviest?</respond>\n"
+               "<reflect>They need room to name the pressure before any advice.</reflect>")
+
+
+class FakeOpenAI:
+    def __init__(self, fail_with: list[int] | None = None, fail_chat_with: list[int] | None = None,
+                 require_key: str | None = None,
+                 reply: str = VALID_REPLY, model: str = "rrr-tiny"):
+        self.fail_with = list(fail_with or [])
+        self.fail_chat_with = list(fail_chat_with or [])
+        self.require_key = require_key
+        self.reply = reply
+        self.model = model
+        self.requests: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):  # quiet
+                pass
+
+            def _send(self, code: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _handle(self, method: str) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                if length:
+                    self.rfile.read(length)
+                with fake._lock:
+                    fake.requests.append((method, self.path))
+                    status = fake.fail_with.pop(0) if fake.fail_with else None
+                    if status is None and self.path.endswith("/chat/completions") and fake.fail_chat_with:
+                        status = fake.fail_chat_with.pop(0)
+                if fake.require_key and self.headers.get("authorization") != f"Bearer {fake.require_key}":
+                    return self._send(401, {"error": {"message": "Incorrect API key", "type": "invalid_request_error",
+                                                      "code": "invalid_api_key"}})
+                if status:
+                    return self._send(status, {"error": {"message": f"fake failure {status}", "type": "server_error"}})
+                if method == "GET" and self.path.endswith("/models"):
+                    return self._send(200, {"object": "list", "data": [{"id": fake.model, "object": "model"}]})
+                if method == "POST" and self.path.endswith("/chat/completions"):
+                    return self._send(200, {
+                        "id": "x", "object": "chat.completion", "created": 0, "model": fake.model,
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                                     "message": {"role": "assistant", "content": fake.reply}}],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+                return self._send(404, {"error": {"message": "not found"}})
+
+            def do_GET(self):
+                self._handle("GET")
+
+            def do_POST(self):
+                self._handle("POST")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self) -> "FakeOpenAI":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def chat_calls(self) -> int:
+        return sum(path.endswith("/chat/completions") for _, path in self.requests)
+
+
+def closed_port() -> int:
+    """A loopback port with nothing listening on it."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port

