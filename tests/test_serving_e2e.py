@@ -156,3 +156,25 @@ def test_dead_engine_makes_health_503_until_serve_replaces_it(serve_url):
     while httpx.get(f"{serve_url}/health", timeout=30).status_code != 200 and time.time() < deadline:
         time.sleep(1)
     assert httpx.get(f"{serve_url}/health", timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("flags", [["--stream"], ["--guided", "--model", "rrr-tiny-base", "--max-new-tokens", "600"]])
+def test_client_cli_prints_the_reply_and_the_verdict(serve_url, flags):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "rrr_ray.client", PROMPT, "--url", serve_url, *flags],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "tokens in" in out.stdout and "RRR:" in out.stdout
+    if "--guided" in flags:
+        assert "RRR: valid" in out.stdout
+
+
+def test_client_cli_reports_an_unreachable_server():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "rrr_ray.client", "hi", "--url", "http://127.0.0.1:9"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "cannot connect" in out.stderr and "Traceback" not in out.stderr

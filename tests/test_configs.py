@@ -1,0 +1,49 @@
+"""The shipped configs parse and build: serve_config.yaml (CPU default) and the GPU variant."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from deployments.app import AppArgs, build_app
+from rrr_ray.serving.launch import load_app_args
+from tests.helpers import REPO
+
+
+@pytest.mark.parametrize("name", ["serve_config.yaml", "serve_config.gpu.yaml"])
+def test_serve_configs_validate_and_build_a_graph(name):
+    args = AppArgs.model_validate(load_app_args(REPO / name))
+    assert args.models and args.default_model in [n for m in args.models for n in m.served_names()]
+    app = build_app(load_app_args(REPO / name))
+    assert app is not None
+
+
+def test_cpu_default_serves_the_fine_tuned_model_on_loopback_with_fractional_cpus():
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    assert config["http_options"]["host"] == "127.0.0.1"
+    args = AppArgs.model_validate(load_app_args(REPO / "serve_config.yaml"))
+    assert args.default_model == "rrr-tiny" and args.models[0].path == "models/rrr-tiny"
+    cpus = [args.ingress.num_cpus, args.postprocessor.num_cpus] + [m.deployment.num_cpus for m in args.models]
+    assert all(0 < c < 1 for c in cpus) and sum(cpus) <= 2
+    assert all(m.deployment.num_gpus == 0 for m in args.models)
+
+
+def test_gpu_variant_autoscales_gpu_replicas_and_serves_a_lora_adapter():
+    args = AppArgs.model_validate(load_app_args(REPO / "serve_config.gpu.yaml"))
+    main = args.models[0]
+    assert main.deployment.num_gpus == 1 and main.deployment.autoscaling_config["max_replicas"] > 1
+    assert any(m.lora_modules for m in args.models)
+
+
+def test_bad_app_args_are_rejected_with_a_clear_message():
+    with pytest.raises(ValueError, match="default_model"):
+        AppArgs.model_validate({"models": [{"name": "a", "path": "x"}], "default_model": "b"})
+    with pytest.raises(ValueError, match="unique"):
+        AppArgs.model_validate({"models": [{"name": "a", "path": "x"}, {"name": "a", "path": "y"}]})
+
+
+def test_cluster_yaml_has_a_head_and_an_autoscaled_gpu_group():
+    cluster = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    nodes = cluster["available_node_types"]
+    gpu = [n for n in nodes.values() if n["resources"].get("GPU")]
+    assert cluster["head_node_type"] in nodes and gpu and gpu[0]["max_workers"] > gpu[0]["min_workers"]
