@@ -8,6 +8,7 @@ export VLLM_HOST_IP ?= 127.0.0.1
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
+export RAY_SERVE_THROUGHPUT_OPTIMIZED ?= 1
 
 .PHONY: install serve test test-fast model bench clean-venv
 

@@ -56,8 +56,10 @@ class AppArgs(BaseModel):
 
     models: list[ModelArgs] = Field(min_length=1, description="Served models; the first is the default.")
     default_model: Optional[str] = Field(None, description="Answers requests that name no model.")
-    stream_interval_ms: float = Field(20.0, ge=0, description="Batch window for tokens crossing a Ray hop "
-                                      "(the first token is always sent at once).")
+    stream_interval_ms: float = Field(20.0, ge=0, description="Shortest batch window for tokens crossing a "
+                                      "Ray hop (the first token of a reply is always sent at once).")
+    max_hop_messages_per_s: float = Field(200.0, ge=0, description="Message rate a model replica aims to stay "
+                                          "under across all its streams; the window widens with load (0: fixed).")
     ingress: DeploymentOptions = Field(default_factory=DeploymentOptions)
     postprocessor: DeploymentOptions = Field(default_factory=DeploymentOptions)
 
@@ -88,7 +90,8 @@ def build_app(args: dict[str, Any]) -> Application:
         engine["path"] = resolve_path(model.path)
         engine["lora_modules"] = {k: resolve_path(v) for k, v in model.lora_modules.items()}
         bound = RRRModel.options(**model.deployment.serve_options(f"RRRModel:{model.name}")).bind(
-            engine=engine, stream_interval_ms=config.stream_interval_ms)
+            engine=engine, stream_interval_ms=config.stream_interval_ms,
+            max_hop_messages_per_s=config.max_hop_messages_per_s)
         for name in model.served_names():
             handles[name] = bound
         cards.append({"name": model.name, "root": model.path, "description": model.description})

@@ -7,6 +7,7 @@ from typing import Any, AsyncIterator
 
 from ray import serve
 
+from rrr_ray.serving.batching import LoadAwareWindow
 from rrr_ray.serving.engine import EngineConfig, load_engine_class
 from rrr_ray.serving.protocol import EngineRequest
 from rrr_ray.serving.streams import ModelChunk, model_stream
@@ -16,15 +17,20 @@ logger = logging.getLogger("ray.serve")
 
 @serve.deployment(name="RRRModel", ray_actor_options={"num_cpus": 0.4}, health_check_period_s=5)
 class RRRModel:
-    async def __init__(self, engine: dict, stream_interval_ms: float = 20.0) -> None:
+    async def __init__(self, engine: dict, stream_interval_ms: float = 20.0,
+                       max_hop_messages_per_s: float = 200.0) -> None:
         self.config = EngineConfig(**engine)
-        self.interval_s = stream_interval_ms / 1000.0
+        self.window = LoadAwareWindow(stream_interval_ms / 1000.0, max_hop_messages_per_s)
         self.engine = load_engine_class(self.config.engine_class)(self.config)
         await self.engine.start()
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[ModelChunk]:
-        async for chunk in model_stream(self.engine, request, self.interval_s):
-            yield chunk
+        self.window.active += 1
+        try:
+            async for chunk in model_stream(self.engine, request, self.window):
+                yield chunk
+        finally:
+            self.window.active -= 1
 
     async def check_health(self) -> None:
         """Serve's replica health check: a dead engine gets its replica restarted."""

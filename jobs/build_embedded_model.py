@@ -30,9 +30,9 @@ def parse_args(argv=None):
     p.add_argument("--eval-prompts", default="data/eval_prompts.jsonl")
     p.add_argument("--eval-samples", type=int, default=3, help="samples per held-out prompt")
     p.add_argument("--base-minutes", type=float, default=3.0, help="base pretraining budget")
-    p.add_argument("--full-epochs", type=float, default=8.0, help="full fine-tune epochs")
+    p.add_argument("--full-epochs", type=float, default=2.5, help="full fine-tune epochs")
     p.add_argument("--full-lr", type=float, default=1e-3)
-    p.add_argument("--lora-epochs", type=float, default=8.0, help="LoRA epochs")
+    p.add_argument("--lora-epochs", type=float, default=2.5, help="LoRA epochs")
     p.add_argument("--lora-lr", type=float, default=3e-3)
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--lora-modules-to-save", nargs="*", default=[],
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
              runtime_env={"env_vars": {"PYTHONPATH": str(Path.cwd())}})
     common = dict(base_model=str(base_dir.resolve()), dataset=[str(Path(d).resolve()) for d in args.data],
                   num_workers=args.num_workers, save_steps=args.save_steps, eval_prompts=None,
-                  val_prompts=12, val_samples=2, prefix_turns=2, batch_size=4, seed=args.seed)
+                  val_prompts=24, val_samples=2, prefix_turns=1, single_turns=True, batch_size=4, seed=args.seed)
     # 2. full fine-tune
     t = time.monotonic()
     full = run_sft(SFTJobConfig(output_dir=str(work / "full"), method="full", epochs=args.full_epochs,

@@ -51,9 +51,10 @@ def parse_args(argv=None):
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--prefix-turns", type=int, default=2)
+    p.add_argument("--prefix-turns", type=int, default=1, help="extra examples ending after turns 1..k")
+    p.add_argument("--no-single-turns", action="store_true", help="do not add one-turn slices of later exchanges")
     p.add_argument("--save-steps", type=int, default=50)
-    p.add_argument("--val-prompts", type=int, default=12)
+    p.add_argument("--val-prompts", type=int, default=24)
     p.add_argument("--eval-prompts", default="data/eval_prompts.jsonl", help="held-out prompts ('' to skip)")
     p.add_argument("--eval-samples", type=int, default=3)
     p.add_argument("--storage-path", default=None, help="Ray Train storage (default OUTPUT_DIR/ray)")
@@ -80,7 +81,7 @@ def config_from_args(args):
         num_workers=args.num_workers, use_gpu={"auto": None, "yes": True, "no": False}[args.use_gpu],
         threads_per_worker=args.threads_per_worker, epochs=args.epochs, max_steps=args.max_steps,
         learning_rate=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
-        max_length=args.max_length, val_fraction=args.val_fraction, prefix_turns=args.prefix_turns,
+        max_length=args.max_length, val_fraction=args.val_fraction, prefix_turns=args.prefix_turns, single_turns=not args.no_single_turns,
         save_steps=args.save_steps, val_prompts=args.val_prompts,
         eval_prompts=args.eval_prompts or None, eval_samples=args.eval_samples,
         storage_path=args.storage_path, seed=args.seed)

@@ -252,3 +252,27 @@ def test_sampling_options_travel_to_the_engine():
     assert request.messages[0] == {"role": "system", "content": "Be kind."}
     assert request.sampling == SamplingOptions(temperature=0.2, top_k=5, max_new_tokens=7)
     assert request.guided_regex is not None
+
+
+def test_load_aware_window_widens_with_concurrent_streams():
+    from rrr_ray.serving.batching import LoadAwareWindow
+
+    window = LoadAwareWindow(min_s=0.02, max_messages_per_s=200)
+    window.active = 1
+    assert window() == 0.02
+    window.active = 16
+    assert window() == pytest.approx(0.08)
+    assert LoadAwareWindow(0.02, 0)() == 0.02
+
+
+def test_batched_reads_a_callable_window_per_batch():
+    calls = []
+
+    def window():
+        calls.append(1)
+        return 0.005
+
+    async def main():
+        return [b async for b in batched(_ticker(10, 0.001), interval_s=window)]
+    batches = run(main())
+    assert [i for b in batches for i in b] == list(range(10)) and calls

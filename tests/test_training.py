@@ -81,6 +81,8 @@ def test_truncation_and_prefix_examples(tokenizer):
     exs = conversation_examples([rec], prefix_turns=2)
     assert [len(e) for e in exs] == [2, 4]  # prefix after turn 1, then the whole conversation
     assert all(e[-1]["role"] == "assistant" for e in exs)
+    exs = conversation_examples([rec], prefix_turns=1, single_turns=True)
+    assert exs[-1] == CONV[2:4] and [len(e) for e in exs] == [2, 4, 2]
 
 
 def test_seed_preparation_tagged_untagged_and_split():

@@ -10,13 +10,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import AsyncIterator, TypeVar
+from typing import AsyncIterator, Callable, TypeVar, Union
 
 T = TypeVar("T")
 
 
-async def batched(source: AsyncIterator[T], interval_s: float = 0.02) -> AsyncIterator[list[T]]:
-    """Yield lists of items from ``source``; closing this generator closes ``source`` too."""
+class LoadAwareWindow:
+    """A batch window that widens with the number of streams sharing a hop.
+
+    Ray messages, not tokens, cost CPU on a hop; with ``active`` concurrent streams each flushing
+    every ``window`` seconds, a hop carries ``active / window`` messages per second. The window is
+    ``max(min_s, active / max_messages_per_s)``: short under light load (smooth streams), wider
+    under heavy load (bounded message rate, more tokens per message).
+    """
+
+    def __init__(self, min_s: float = 0.02, max_messages_per_s: float = 200.0) -> None:
+        self.min_s = min_s
+        self.max_messages_per_s = max_messages_per_s
+        self.active = 0
+
+    def __call__(self) -> float:
+        if self.max_messages_per_s <= 0:
+            return self.min_s
+        return max(self.min_s, self.active / self.max_messages_per_s)
+
+
+async def batched(source: AsyncIterator[T], interval_s: Union[float, Callable[[], float]] = 0.02) -> AsyncIterator[list[T]]:
+    """Yield lists of items from ``source``; closing this generator closes ``source`` too.
+
+    ``interval_s`` is the batch window in seconds, or a function returning it (read per batch).
+    """
+    window = interval_s if callable(interval_s) else (lambda: interval_s)
     items: list[T] = []
     arrived = asyncio.Event()
     done = False
@@ -41,8 +65,9 @@ async def batched(source: AsyncIterator[T], interval_s: float = 0.02) -> AsyncIt
     try:
         while True:
             await arrived.wait()
-            if not first and not done and interval_s > 0:
-                await asyncio.sleep(interval_s)
+            wait = 0.0 if first or done else window()
+            if wait > 0:
+                await asyncio.sleep(wait)
             first = False
             arrived.clear()
             if items:

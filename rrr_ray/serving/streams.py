@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Callable, Optional, Union
 
 from rrr_ray.format import StreamValidator, repair
 from rrr_ray.format.stream import StreamEvent
@@ -48,7 +48,8 @@ class OutputChunk:
     status: Optional[int] = None
 
 
-async def model_stream(engine: Engine, request: EngineRequest, interval_s: float) -> AsyncIterator[ModelChunk]:
+async def model_stream(engine: Engine, request: EngineRequest,
+                       interval_s: Union[float, Callable[[], float]]) -> AsyncIterator[ModelChunk]:
     """Run one request on the engine, batching its deltas for the hop (first token at once)."""
     start = time.perf_counter()
     first = True

@@ -162,10 +162,12 @@ def tokenize_chatml(messages: Sequence[dict[str, str]], tokenizer, max_length: i
     return {"input_ids": ids[:max_length], "assistant_masks": mask[:max_length]}
 
 
-def conversation_examples(records: Sequence[DialogueRecord], prefix_turns: int = 2) -> list[list[dict[str, str]]]:
+def conversation_examples(records: Sequence[DialogueRecord], prefix_turns: int = 2,
+                          single_turns: bool = False) -> list[list[dict[str, str]]]:
     """The training conversations: each whole conversation, plus its prefixes ending after
     assistant turn 1..``prefix_turns`` (weights the start of conversations, where single-turn
-    prompts land)."""
+    prompts land), plus, with ``single_turns``, every later exchange on its own as a one-turn
+    conversation (the user message and the reply to it)."""
     out = []
     for r in records:
         msgs = [m.model_dump() for m in r.messages]
@@ -174,25 +176,30 @@ def conversation_examples(records: Sequence[DialogueRecord], prefix_turns: int =
             if e < len(msgs):
                 out.append(msgs[:e])
         out.append(msgs)
+        if single_turns:
+            for e in ends[1:]:
+                if e >= 2 and msgs[e - 2]["role"] == "user":
+                    out.append(msgs[e - 2:e])
     return out
 
 
 def tokenized_dataset(records: Sequence[DialogueRecord], tokenizer, max_length: int = 1024,
-                      prefix_turns: int = 2) -> list[dict[str, Any]]:
-    rows = [tokenize_chatml(c, tokenizer, max_length) for c in conversation_examples(records, prefix_turns)]
+                      prefix_turns: int = 2, single_turns: bool = False) -> list[dict[str, Any]]:
+    rows = [tokenize_chatml(c, tokenizer, max_length)
+            for c in conversation_examples(records, prefix_turns, single_turns)]
     return [r for r in rows if any(r["assistant_masks"])]
 
 
-def first_user_prompts(records: Sequence[DialogueRecord]) -> list[dict[str, str]]:
-    """Single-turn prompts (the first user message) of held-out conversations, for checkpoint
-    selection; never the evaluation prompts."""
-    out = []
+def first_user_prompts(records: Sequence[DialogueRecord], all_turns: bool = False) -> list[dict[str, str]]:
+    """Single-turn prompts of held-out conversations for checkpoint selection (never the
+    evaluation prompts): the first user message of each, then (``all_turns``) the later ones."""
+    firsts, later = [], []
     for r in records:
-        for m in r.messages:
-            if m.role == "user":
-                out.append({"id": r.conversation_id, "category": "validation", "prompt": m.content})
-                break
-    return out
+        users = [m.content for m in r.messages if m.role == "user"]
+        for k, u in enumerate(users):
+            item = {"id": f"{r.conversation_id}:{k}", "category": "validation", "prompt": u}
+            (firsts if k == 0 else later).append(item)
+    return firsts + (later if all_turns else [])
 
 
 def chatml_prompt(prompt: str) -> str:

@@ -57,10 +57,11 @@ class SFTJobConfig(BaseModel):
     warmup_ratio: float = Field(0.05, description="Warm-up share of the steps.")
     max_length: int = Field(1024, description="Longest sequence, in tokens.")
     val_fraction: float = Field(0.1, description="Share of conversations held out for validation.")
-    prefix_turns: int = Field(2, description="Extra examples per conversation ending after turn 1..k.")
+    prefix_turns: int = Field(1, description="Extra examples per conversation ending after turn 1..k.")
+    single_turns: bool = Field(True, description="Also train on every later exchange as a one-turn conversation.")
     save_steps: int = Field(50, description="Checkpoint (and measure compliance) every this many steps.")
     logging_steps: int = Field(10, description="Log loss every this many steps.")
-    val_prompts: int = Field(12, description="Validation prompts used for checkpoint compliance (0: off).")
+    val_prompts: int = Field(24, description="Validation prompts used for checkpoint compliance (0: off).")
     val_samples: int = Field(2, description="Samples per validation prompt.")
     max_new_tokens: int = Field(200, description="Generation length for compliance measurement.")
     temperature: float = Field(0.7, description="Sampling temperature for compliance measurement.")
@@ -123,9 +124,10 @@ def _datasets(cfg: SFTJobConfig, tokenizer):
 
     records, _ = tagged_records(load_records(cfg.dataset))
     train, val = split_records(records, cfg.val_fraction, cfg.seed)
-    tr = datasets.Dataset.from_list(tokenized_dataset(train, tokenizer, cfg.max_length, cfg.prefix_turns))
+    tr = datasets.Dataset.from_list(tokenized_dataset(train, tokenizer, cfg.max_length, cfg.prefix_turns,
+                                                      cfg.single_turns))
     va = datasets.Dataset.from_list(tokenized_dataset(val, tokenizer, cfg.max_length, 0)) if val else None
-    return tr, va, first_user_prompts(val or train)[: cfg.val_prompts]
+    return tr, va, first_user_prompts(val or train, all_turns=True)[: cfg.val_prompts]
 
 
 def _compliance_callback(cfg: SFTJobConfig, tokenizer, prompts):
@@ -202,14 +204,16 @@ def run_training(cfg: SFTJobConfig):
 
 
 def best_checkpoint(result) -> tuple[Any, dict[str, Any]]:
-    """The checkpoint with the highest validation compliance (latest on ties; the last one when
-    none was measured)."""
+    """The checkpoint with the highest validation compliance (earliest on ties: longer training
+    memorises long reacts; the last one when none was measured)."""
     cands = list(result.best_checkpoints or [])
     if not cands:
         if result.checkpoint is None:
             raise RuntimeError("the training run produced no checkpoint")
         return result.checkpoint, dict(result.metrics or {})
-    scored = [(m.get("val_compliance", -1.0), m.get("step", i), i) for i, (_, m) in enumerate(cands)]
+    if all(m.get("val_compliance") is None for _, m in cands):
+        return cands[-1][0], dict(cands[-1][1])
+    scored = [(m.get("val_compliance") or -1.0, -(m.get("step") or i), -i) for i, (_, m) in enumerate(cands)]
     best = max(range(len(cands)), key=lambda i: scored[i])
     return cands[best][0], dict(cands[best][1])
 
