@@ -4,8 +4,10 @@ model cards and models/compliance.json.
 
     python -m jobs.build_embedded_model            # (make model)
 
+Variants: a full fine-tune, a LoRA with embed_tokens/lm_head in modules_to_save, and a
+projections-only LoRA (shipped unmerged as models/rrr-tiny-lora, servable by vLLM's LoRA support).
 The default served model (models/rrr-tiny) is the variant with the highest held-out compliance
-among the full fine-tune and the merged LoRA adapter.
+among the full fine-tune and the merged LoRA adapters.
 """
 
 from __future__ import annotations
@@ -30,13 +32,13 @@ def parse_args(argv=None):
     p.add_argument("--eval-prompts", default="data/eval_prompts.jsonl")
     p.add_argument("--eval-samples", type=int, default=3, help="samples per held-out prompt")
     p.add_argument("--base-minutes", type=float, default=3.0, help="base pretraining budget")
-    p.add_argument("--full-epochs", type=float, default=2.5, help="full fine-tune epochs")
+    p.add_argument("--full-epochs", type=float, default=3.0, help="full fine-tune epochs")
     p.add_argument("--full-lr", type=float, default=1e-3)
-    p.add_argument("--lora-epochs", type=float, default=2.5, help="LoRA epochs")
+    p.add_argument("--lora-epochs", type=float, default=3.0, help="epochs of the LoRA with modules_to_save")
     p.add_argument("--lora-lr", type=float, default=3e-3)
     p.add_argument("--lora-r", type=int, default=16)
-    p.add_argument("--lora-modules-to-save", nargs="*", default=[],
-                   help="modules trained in full with the adapter (empty keeps it servable by vLLM LoRA)")
+    p.add_argument("--lora-plain-epochs", type=float, default=2.0,
+                   help="epochs of the projections-only LoRA (the adapter shipped for vLLM LoRA; 0: skip)")
     p.add_argument("--num-workers", type=int, default=2, help="Ray Train workers")
     p.add_argument("--save-steps", type=int, default=25)
     p.add_argument("--skip-base", action="store_true", help="reuse MODELS_DIR/rrr-tiny-base")
@@ -92,41 +94,43 @@ def main(argv=None) -> int:
     full = run_sft(SFTJobConfig(output_dir=str(work / "full"), method="full", epochs=args.full_epochs,
                                 learning_rate=args.full_lr, **common))
     times["full_finetune_minutes"] = round((time.monotonic() - t) / 60, 2)
-    # 3. LoRA
-    lora = None
+    # 3. LoRA: with the embeddings and output layer trained in full (modules_to_save; the tag
+    # tokens are new to the base's chat), and projections only (servable unmerged by vLLM LoRA)
+    loras: dict[str, dict] = {}
     if not args.skip_lora:
-        t = time.monotonic()
-        lora = run_sft(SFTJobConfig(
-            output_dir=str(work / "lora"), method="lora", epochs=args.lora_epochs, learning_rate=args.lora_lr,
-            lora=LoraSettings(r=args.lora_r, alpha=args.lora_r, modules_to_save=args.lora_modules_to_save),
-            **common))
-        times["lora_minutes"] = round((time.monotonic() - t) / 60, 2)
+        for name, mts, epochs in (("lora_mts", ["embed_tokens", "lm_head"], args.lora_epochs),
+                                  ("lora", [], args.lora_plain_epochs)):
+            if epochs <= 0:
+                continue
+            t = time.monotonic()
+            loras[name] = run_sft(SFTJobConfig(
+                output_dir=str(work / name), method="lora", epochs=epochs, learning_rate=args.lora_lr,
+                lora=LoraSettings(r=args.lora_r, alpha=args.lora_r, modules_to_save=mts), **common))
+            times[f"{name}_minutes"] = round((time.monotonic() - t) / 60, 2)
     ray.shutdown()
 
     # 4. measure on the held-out prompts, pick the default, merge, ship
     t = time.monotonic()
     n = args.eval_samples
     results = {"base": evaluate_folder(base_dir, prompts, samples_per_prompt=n, seed=args.seed)}
-    full_dir = work / "full" / "model"
-    tmp_full = work / "full_bf16"
     from rrr_ray.training.merge import load_causal_lm
-    m, tok = load_causal_lm(full_dir)
-    save_model_folder(m, tok, tmp_full, "bfloat16")
-    results["full"] = evaluate_folder(tmp_full, prompts, samples_per_prompt=n, seed=args.seed)
-    merged_dir = work / "lora_merged"
-    if lora is not None:
-        adapter = work / "lora" / "adapter"
+    candidates = {"full": work / "full_bf16"}
+    m, tok = load_causal_lm(work / "full" / "model")
+    save_model_folder(m, tok, candidates["full"], "bfloat16")
+    for name in loras:
+        adapter = work / name / "adapter"
         cast_adapter(adapter, "bfloat16")
-        merge_adapter(base_dir, adapter, merged_dir, "bfloat16")
-        results["lora_merged"] = evaluate_folder(merged_dir, prompts, samples_per_prompt=n, seed=args.seed)
+        candidates[f"{name}_merged"] = merge_adapter(base_dir, adapter, work / f"{name}_merged", "bfloat16")
+    for name, folder in candidates.items():
+        results[name] = evaluate_folder(folder, prompts, samples_per_prompt=n, seed=args.seed)
     times["evaluation_minutes"] = round((time.monotonic() - t) / 60, 2)
-    best = max((k for k in results if k != "base"), key=lambda k: results[k]["compliance"])
+    best = max(candidates, key=lambda k: results[k]["compliance"])
     if tiny_dir.exists():
         shutil.rmtree(tiny_dir)
-    shutil.copytree(merged_dir if best == "lora_merged" else tmp_full, tiny_dir)
-    if lora is not None:
-        if lora_dir.exists():
-            shutil.rmtree(lora_dir)
+    shutil.copytree(candidates[best], tiny_dir)
+    if lora_dir.exists():
+        shutil.rmtree(lora_dir)
+    if "lora" in loras:
         shutil.copytree(work / "lora" / "adapter", lora_dir)
         set_adapter_base(lora_dir, "models/rrr-tiny-base")
     times["total_minutes"] = round((time.monotonic() - t_start) / 60, 2)
@@ -143,13 +147,18 @@ def main(argv=None) -> int:
         "examples": {k: v["examples"] for k, v in results.items()},
         "training": {"base": base_summary, "full": {k: full[k] for k in full if k != "checkpoints"},
                      "full_checkpoints": full.get("checkpoints"),
-                     "lora": {k: lora[k] for k in lora if k != "checkpoints"} if lora else None,
-                     "lora_checkpoints": lora.get("checkpoints") if lora else None,
-                     "lora_settings": {"r": args.lora_r, "alpha": args.lora_r, "modules_to_save": args.lora_modules_to_save}},
+                     **{name: {k: v for k, v in res.items() if k != "checkpoints"} for name, res in loras.items()},
+                     **{f"{name}_checkpoints": res.get("checkpoints") for name, res in loras.items()},
+                     "lora_settings": {"r": args.lora_r, "alpha": args.lora_r, "dropout": 0.05,
+                                       "target_modules": "all seven projections",
+                                       "modules_to_save": {"lora_mts": ["embed_tokens", "lm_head"], "lora": []}}},
         "times_minutes": times, "sizes_bytes": sizes, "total_bytes": sum(sizes.values()),
         "command": "python -m jobs.build_embedded_model " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
-    (models / "compliance.json").write_text(json.dumps(report, indent=2))
+    previous = models / "compliance.json"
+    if previous.exists():  # measurements of other recipes (recorded by hand) survive a rebuild
+        report["experiments"] = json.loads(previous.read_text()).get("experiments", [])
+    previous.write_text(json.dumps(report, indent=2))
     write_cards(models, report)
     total_mb = folder_size(models) / 1e6
     summary = {"default": f"models/rrr-tiny ({best})", **{f"compliance_{k}": v for k, v in report["compliance"].items()},

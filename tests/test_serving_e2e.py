@@ -178,3 +178,25 @@ def test_client_cli_reports_an_unreachable_server():
     out = subprocess.run([sys.executable, "-m", "rrr_ray.client", "hi", "--url", "http://127.0.0.1:9"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "cannot connect" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_streaming_tpot_stays_within_ten_percent_of_the_engine(serve_url):
+    """CI guard after Ray Serve LLM's test_stable_streaming_tpot: the graph must not slow the
+    token stream down. Compared with the (fake) engine's own pace, measured in the same run."""
+    import concurrent.futures
+
+    def one(_):
+        lines = stream_lines(serve_url, {"prompt": "pace", "model": "fake", "stream": True, "ignore_eos": True,
+                                         "max_new_tokens": 300})
+        arrivals = [t for t, _ in lines[:-1]]
+        meta = lines[-1][1]["metadata"]
+        n = meta["output_tokens"]
+        client_tpot = (arrivals[-1] - arrivals[0]) / (n - 1)
+        engine_tpot = (meta["engine_time_seconds"] - meta["engine_time_to_first_token_seconds"]) / (n - 1)
+        return client_tpot, engine_tpot
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(one, range(4)))
+    client = sorted(c for c, _ in results)[len(results) // 2]
+    engine = sorted(e for _, e in results)[len(results) // 2]
+    assert client <= engine * 1.10, (client, engine)

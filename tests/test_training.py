@@ -166,27 +166,35 @@ def tiny_dataset(tmp_path_factory):
     return out
 
 
+_RUN_IN_OWN_RAY = """
+import json, sys
+import ray
+from jobs.train_lora import run
+from rrr_ray.training.sft import SFTJobConfig
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+print("SUMMARY " + json.dumps(run(SFTJobConfig.model_validate_json(sys.argv[1]))))
+"""
+
+
 @pytest.fixture(scope="module")
 def ray_train_run(tmp_path_factory, tiny_base, tiny_dataset):
-    import ray
+    """A real Ray Train run with 2 CPU workers, in a process (and Ray cluster) of its own: the
+    session's Serve stack holds CPUs in this process's cluster, which 2 workers would wait on."""
+    import subprocess
+    import sys
 
-    from jobs.train_lora import run
     from rrr_ray.training.sft import LoraSettings, SFTJobConfig
 
     out = tmp_path_factory.mktemp("lora_run")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
-    try:
-        cfg = SFTJobConfig(base_model=str(tiny_base), dataset=[str(tiny_dataset)], output_dir=str(out),
-                           num_workers=2, use_gpu=False, max_steps=2, save_steps=1, batch_size=2,
-                           max_length=256, val_prompts=1, val_samples=1, max_new_tokens=8, eval_prompts=None,
-                           lora=LoraSettings(r=4, alpha=8, modules_to_save=["embed_tokens", "lm_head"]))
-        summary = run(cfg)
-    finally:
-        if started:
-            ray.shutdown()
-    return out, summary
+    cfg = SFTJobConfig(base_model=str(tiny_base), dataset=[str(tiny_dataset)], output_dir=str(out),
+                       num_workers=2, use_gpu=False, max_steps=2, save_steps=1, batch_size=2,
+                       max_length=256, val_prompts=1, val_samples=1, max_new_tokens=8, eval_prompts=None,
+                       lora=LoraSettings(r=4, alpha=8, modules_to_save=["embed_tokens", "lm_head"]))
+    proc = subprocess.run([sys.executable, "-c", _RUN_IN_OWN_RAY, cfg.model_dump_json()], cwd=str(REPO),
+                          capture_output=True, text=True, timeout=900)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("SUMMARY ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    return out, json.loads(lines[-1][len("SUMMARY "):])
 
 
 @pytest.mark.slow

@@ -40,6 +40,14 @@ class ServedModel:
     parent: Optional[str] = None  # the base model, for a LoRA adapter
 
 
+@dataclass
+class _Collected:
+    text: str
+    final: Optional[dict[str, Any]] = None
+    metadata: Optional[dict[str, Any]] = None
+    error: Optional[str] = None
+
+
 class RRRService:
     def __init__(self, stream: StreamFn, health: HealthFn, models: list[ServedModel],
                  default_model: Optional[str] = None, metrics: Optional[ServingMetrics] = None) -> None:
@@ -108,6 +116,22 @@ class RRRService:
             "finish_reason": final.get("finish_reason"), "model": model,
         }
 
+    async def _collect(self, model: str, chunks: AsyncIterator[OutputChunk], start: float) -> "_Collected":
+        """Drain a stream for a non-streaming response."""
+        parts: list[str] = []
+        first_token = None
+        async for chunk in chunks:
+            if chunk.tokens and first_token is None:
+                first_token = time.perf_counter()
+            parts.extend(t for t, _ in chunk.tokens)
+            if chunk.error is not None:
+                self._record_error(model)
+                return _Collected("".join(parts), error=chunk.error)
+            if chunk.finished and chunk.final is not None:
+                metadata = self._metadata(model, chunk.final, start, first_token)
+                return _Collected(chunk.final["text"], final=chunk.final, metadata=metadata)
+        return _Collected("".join(parts), error="the stream ended without a result")
+
     # -- /generate ------------------------------------------------------------------------------
 
     async def generate(self, body: GenerateRequest) -> Response:
@@ -118,23 +142,14 @@ class RRRService:
         chunks = self._chunks(first, stream)
         if body.stream:
             return StreamingResponse(self._ndjson(request.model, chunks, start), media_type="application/x-ndjson")
-        parts: list[str] = []
-        first_token = None
-        async for chunk in chunks:
-            if chunk.tokens and first_token is None:
-                first_token = time.perf_counter()
-            parts.extend(t for t, _ in chunk.tokens)
-            if chunk.error is not None:
-                self._record_error(request.model)
-                return JSONResponse({"generated_text": "".join(parts), "metadata": None, "validation": None,
-                                     "error": chunk.error}, status_code=500)
-            if chunk.finished and chunk.final is not None:
-                final = chunk.final
-                return JSONResponse({
-                    "generated_text": final["text"], "metadata": self._metadata(request.model, final, start, first_token),
-                    "validation": final["validation"], "repaired_text": final.get("repaired_text"),
-                    "repair": final.get("repair"), "error": None})
-        return JSONResponse({"error": "the stream ended without a result"}, status_code=500)
+        result = await self._collect(request.model, chunks, start)
+        if result.error is not None:
+            return JSONResponse({"generated_text": result.text, "metadata": None, "validation": None,
+                                 "error": result.error}, status_code=500)
+        final = result.final
+        return JSONResponse({
+            "generated_text": final["text"], "metadata": result.metadata, "validation": final["validation"],
+            "repaired_text": final.get("repaired_text"), "repair": final.get("repair"), "error": None})
 
     async def _ndjson(self, model: str, chunks: AsyncIterator[OutputChunk], start: float) -> AsyncIterator[bytes]:
         first_token = None
@@ -172,25 +187,15 @@ class RRRService:
         if body.stream:
             return StreamingResponse(self._sse(request.model, completion_id, chunks, start),
                                      media_type="text/event-stream")
-        parts: list[str] = []
-        first_token = None
-        async for chunk in chunks:
-            if chunk.tokens and first_token is None:
-                first_token = time.perf_counter()
-            parts.extend(t for t, _ in chunk.tokens)
-            if chunk.error is not None:
-                self._record_error(request.model)
-                return JSONResponse(openai_error(chunk.error, "engine_error"), status_code=500)
-            if chunk.finished and chunk.final is not None:
-                final = chunk.final
-                self._metadata(request.model, final, start, first_token)
-                return JSONResponse({
-                    "id": completion_id, "object": "chat.completion", "created": int(time.time()),
-                    "model": request.model,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": final["text"]},
-                                 "finish_reason": final["finish_reason"]}],
-                    "usage": _usage(final), "rrr_validation": final["validation"]})
-        return JSONResponse(openai_error("the stream ended without a result", "engine_error"), status_code=500)
+        result = await self._collect(request.model, chunks, start)
+        if result.error is not None:
+            return JSONResponse(openai_error(result.error, "engine_error"), status_code=500)
+        final = result.final
+        return JSONResponse({
+            "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": request.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": final["text"]},
+                         "finish_reason": final["finish_reason"]}],
+            "usage": _usage(final), "rrr_validation": final["validation"]})
 
     async def _sse(self, model: str, completion_id: str, chunks: AsyncIterator[OutputChunk],
                    start: float) -> AsyncIterator[bytes]:

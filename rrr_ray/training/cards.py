@@ -51,8 +51,12 @@ The reply text of a model this small is not coherent; the format is what it lear
 
 Fine-tuned RRR demo model: {arch}
 Variant: `{report['default_variant']}` (`full` = full fine-tune of rrr-tiny-base through
-`jobs.train_lora --method full`; `lora_merged` = rrr-tiny-lora merged into rrr-tiny-base), checkpoint
-picked by format compliance on validation prompts.
+`jobs.train_lora --method full`; `lora_mts_merged` = LoRA r=16 on the seven projections with
+embed_tokens and lm_head trained in full (modules_to_save), merged; `lora_merged` = rrr-tiny-lora
+merged), checkpoint picked by format compliance on validation prompts (Ray Train + TRL SFTTrainer,
+2 CPU workers).
+
+Serve: `vllm serve models/rrr-tiny --max-model-len 1024` or `make serve` (serve_config.yaml).
 """,
         "rrr-tiny-base": f"""# rrr-tiny-base
 
@@ -62,9 +66,12 @@ Base model, pretrained from scratch: {arch} It chats in plain replies and does n
 """,
         "rrr-tiny-lora": f"""# rrr-tiny-lora
 
-peft LoRA adapter for `models/rrr-tiny-base` (settings `{json.dumps(tr.get('lora_settings'))}`, all seven
-projections), trained with `jobs.train_lora` (Ray Train + TRL SFTTrainer); bf16. Servable unmerged
-through vLLM's LoRA support (`enable_lora=True`) when modules_to_save is empty.
+peft LoRA adapter for `models/rrr-tiny-base`: r=16, alpha=16, dropout 0.05 on the seven projections,
+no modules_to_save, so vLLM serves it unmerged (`LLM(model="models/rrr-tiny-base", enable_lora=True,
+max_lora_rank=16)` + `LoRARequest`). Trained with `jobs.train_lora` (Ray Train + TRL SFTTrainer); bf16.
+Its compliance is the `lora_merged` row below: without modules_to_save the embeddings and output
+layer stay those of the base, which never produced a tag in a chat reply; `lora_mts_merged` is the
+same recipe with embed_tokens and lm_head trained too (vLLM cannot serve that adapter unmerged).
 """,
     }
     for name, head in cards.items():
