@@ -1,5 +1,5 @@
 """Helper run as a subprocess by the e2e tests: load one model folder in vLLM (optionally with a
-LoRA adapter) and print the generations as JSON on the last line."""
+LoRA adapter) and print the generations as JSON on a line starting with RRR_RESULT."""
 
 import json
 import sys
@@ -18,4 +18,4 @@ if __name__ == "__main__":
 
         lora = LoRARequest("rrr-tiny-lora", 1, adapter)
         out["lora"] = [o.outputs[0].text for o in llm.chat(convs, params, use_tqdm=False, lora_request=lora)]
-    print(json.dumps(out))
+    print("RRR_RESULT " + json.dumps(out), flush=True)

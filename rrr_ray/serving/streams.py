@@ -82,33 +82,26 @@ def _label(events: list[StreamEvent], current: Optional[str]) -> Optional[str]:
 class SectionLabeler:
     """Feeds tokens to a ``StreamValidator`` and labels each with the section it belongs to.
 
-    A token that might be the start of a tag (``<``, ``</re``) is held until the validator knows
-    what it is, so the pieces of ``<react>`` are all labelled ``react``.
+    No token is held back (that would delay the first token). A token that may start a tag
+    (``<``, ``</re``) is labelled as a valid reply would continue: inside a section, with that
+    section (its closing tag, or text); outside, with the section a valid reply opens next. So the
+    pieces of ``<react>`` are all labelled ``react`` in a valid reply.
     """
 
     def __init__(self) -> None:
         self.validator = StreamValidator()
-        self._held: list[str] = []
-        self._events: list[StreamEvent] = []
 
     def push(self, token: str) -> list[tuple[str, Optional[str]]]:
         if not token:  # e.g. the end-of-sequence token, skipped in detokenisation
             return []
-        self._held.append(token)
-        self._events += self.validator.feed(token)
-        if self.validator.pending:
-            return []
-        label = _label(self._events, self.validator.section)
-        out = [(t, label) for t in self._held]
-        self._held, self._events = [], []
-        return out
+        v = self.validator
+        events = v.feed(token)
+        if v.pending and not any(e.kind != "text" or e.text.strip() for e in events):
+            return [(token, v.section or v.next_section)]
+        return [(token, _label(events, v.section))]
 
-    def close(self) -> tuple[list[tuple[str, Optional[str]]], Any]:
-        section = self.validator.section
-        validation = self.validator.close()
-        out = [(t, section) for t in self._held]
-        self._held = []
-        return out, validation
+    def close(self) -> Any:
+        return self.validator.close()
 
 
 async def postprocess(chunks: AsyncIterator[ModelChunk], with_repair: bool = False) -> AsyncIterator[OutputChunk]:
@@ -120,8 +113,7 @@ async def postprocess(chunks: AsyncIterator[ModelChunk], with_repair: bool = Fal
     sent_any = False
     async for chunk in chunks:
         if chunk.error is not None:
-            tokens, _ = labeler.close()
-            yield OutputChunk(tokens=tokens, finished=True, error=chunk.error,
+            yield OutputChunk(finished=True, error=chunk.error,
                               status=None if sent_any else chunk.status)
             return
         tokens: list[tuple[str, Optional[str]]] = []
@@ -137,7 +129,7 @@ async def postprocess(chunks: AsyncIterator[ModelChunk], with_repair: bool = Fal
                 sent_any = True
                 yield OutputChunk(tokens=tokens)
             continue
-        rest, validation = labeler.close()
+        validation = labeler.close()
         text = "".join(parts)
         final: dict[str, Any] = {
             "text": text, "validation": validation.model_dump(mode="json"), "input_tokens": input_tokens,
@@ -148,7 +140,6 @@ async def postprocess(chunks: AsyncIterator[ModelChunk], with_repair: bool = Fal
             repaired, report = repair(text)
             final["repaired_text"] = repaired
             final["repair"] = report.model_dump(mode="json")
-        yield OutputChunk(tokens=tokens + rest, finished=True, final=final)
+        yield OutputChunk(tokens=tokens, finished=True, final=final)
         return
-    tokens, _ = labeler.close()
-    yield OutputChunk(tokens=tokens, finished=True, error="the model stream ended without finishing")
+    yield OutputChunk(finished=True, error="the model stream ended without finishing")
