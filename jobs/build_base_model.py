@@ -7,7 +7,6 @@ on the seed dialogues with the RRR tags stripped.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 

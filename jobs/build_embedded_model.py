@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     from rrr_ray.training.compliance import load_prompts
     from rrr_ray.training.loop import LoopConfig
     from rrr_ray.training.merge import cast_adapter, evaluate_folder, merge_adapter, set_adapter_base
-    from rrr_ray.training.modeling import count_parameters, folder_size, save_model_folder
+    from rrr_ray.training.modeling import folder_size, save_model_folder
     from rrr_ray.training.cards import write_cards
     from rrr_ray.training.sft import LoraSettings, SFTJobConfig
 

@@ -14,7 +14,6 @@ The logic lives in ``rrr_ray.data.generation``; this is the argument parser.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path

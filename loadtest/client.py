@@ -13,14 +13,7 @@ from typing import Any, Awaitable, Callable
 
 import httpx
 
-from loadtest.metrics import (
-    SSE_DONE,
-    RequestRecord,
-    StreamTracker,
-    parse_ndjson_line,
-    parse_sse_line,
-    sse_delta_text,
-)
+from loadtest.metrics import RequestRecord, StreamReader, StreamTracker
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PROMPTS = Path(__file__).resolve().parent / "prompts.txt"
@@ -68,64 +61,33 @@ def chat_payload(prompt: str, max_tokens: int, *, model: str, temperature: float
     return body
 
 
-async def stream_generate(client: httpx.AsyncClient, url: str, body: dict[str, Any],
-                          users: int | None = None) -> RequestRecord:
-    """POST a streaming ``/generate`` and time its NDJSON lines."""
-    tr = StreamTracker("/generate", users)
+async def _stream(client: httpx.AsyncClient, url: str, body: dict[str, Any], path: str, kind: str,
+                  users: int | None) -> RequestRecord:
+    tr = StreamTracker(path, users)
+    reader = StreamReader(tr, kind)
     try:
         async with client.stream("POST", url, json=body) as resp:
             if resp.status_code != 200:
                 detail = (await resp.aread()).decode("utf-8", "replace")[:300]
                 return tr.fail(f"HTTP {resp.status_code}: {detail}")
-            last = None
             async for line in resp.aiter_lines():
-                obj = parse_ndjson_line(line)
-                if obj is None:
-                    continue
-                if obj.get("error"):
-                    return tr.fail(f"stream error: {obj['error']}")
-                if obj.get("token"):
-                    tr.chunk()
-                if obj.get("finished"):
-                    last = obj
+                if reader.feed(line):
                     break
-            if last is None:
-                return tr.fail("stream ended without a finished line")
-            meta = last.get("metadata") or {}
-            return tr.finish(meta.get("output_tokens"), meta.get("input_tokens", 0))
+            return reader.result()
     except (httpx.HTTPError, json.JSONDecodeError, OSError) as exc:
         return tr.fail(f"{type(exc).__name__}: {exc}")
+
+
+async def stream_generate(client: httpx.AsyncClient, url: str, body: dict[str, Any],
+                          users: int | None = None) -> RequestRecord:
+    """POST a streaming ``/generate`` and time its NDJSON lines."""
+    return await _stream(client, url, body, "/generate", "ndjson", users)
 
 
 async def stream_chat(client: httpx.AsyncClient, url: str, body: dict[str, Any],
                       users: int | None = None) -> RequestRecord:
     """POST a streaming ``/v1/chat/completions`` and time its SSE events."""
-    tr = StreamTracker("/v1/chat/completions", users)
-    try:
-        async with client.stream("POST", url, json=body) as resp:
-            if resp.status_code != 200:
-                detail = (await resp.aread()).decode("utf-8", "replace")[:300]
-                return tr.fail(f"HTTP {resp.status_code}: {detail}")
-            usage, done = None, False
-            async for line in resp.aiter_lines():
-                obj = parse_sse_line(line)
-                if obj is None:
-                    continue
-                if obj is SSE_DONE:
-                    done = True
-                    break
-                if "error" in obj:
-                    return tr.fail(f"stream error: {obj['error']}")
-                if sse_delta_text(obj):
-                    tr.chunk()
-                if obj.get("usage"):
-                    usage = obj["usage"]
-            if not done:
-                return tr.fail("stream ended without data: [DONE]")
-            usage = usage or {}
-            return tr.finish(usage.get("completion_tokens"), usage.get("prompt_tokens", 0))
-    except (httpx.HTTPError, json.JSONDecodeError, OSError) as exc:
-        return tr.fail(f"{type(exc).__name__}: {exc}")
+    return await _stream(client, url, body, "/v1/chat/completions", "sse", users)
 
 
 async def closed_loop(make_request: Callable[[int], Awaitable[RequestRecord]], concurrency: int,

@@ -42,15 +42,7 @@ from locust import HttpUser, constant, events
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadtest.metrics import (  # noqa: E402
-    SSE_DONE,
-    RequestRecord,
-    StreamTracker,
-    append_records,
-    parse_ndjson_line,
-    parse_sse_line,
-    sse_delta_text,
-)
+from loadtest.metrics import RequestRecord, StreamReader, StreamTracker, append_records  # noqa: E402
 
 MAX_TOKENS = int(os.environ.get("RRR_LT_MAX_TOKENS", "64"))
 TEMPERATURE = float(os.environ.get("RRR_LT_TEMPERATURE", "0.7"))
@@ -151,43 +143,11 @@ class StreamingUser(HttpUser):
 
     @staticmethod
     def _read_ndjson(resp, tracker: StreamTracker) -> RequestRecord:
-        last = None
-        for line in resp.iter_lines(chunk_size=None):
-            obj = parse_ndjson_line(line)
-            if obj is None:
-                continue
-            if obj.get("error"):
-                return tracker.fail(f"stream error: {obj['error']}")
-            if obj.get("token"):
-                tracker.chunk()
-            if obj.get("finished"):
-                last = obj
-                break
-        if last is None:
-            return tracker.fail("stream ended without a finished line")
-        meta = last.get("metadata") or {}
-        return tracker.finish(meta.get("output_tokens"), meta.get("input_tokens", 0))
+        return _read(resp, StreamReader(tracker, "ndjson"))
 
     @staticmethod
     def _read_sse(resp, tracker: StreamTracker) -> RequestRecord:
-        usage, done = None, False
-        for line in resp.iter_lines(chunk_size=None):
-            obj = parse_sse_line(line)
-            if obj is None:
-                continue
-            if obj is SSE_DONE:
-                done = True
-                break
-            if "error" in obj:
-                return tracker.fail(f"stream error: {obj['error']}")
-            if sse_delta_text(obj):
-                tracker.chunk()
-            if obj.get("usage"):
-                usage = obj["usage"]
-        if not done:
-            return tracker.fail("stream ended without data: [DONE]")
-        usage = usage or {}
-        return tracker.finish(usage.get("completion_tokens"), usage.get("prompt_tokens", 0))
+        return _read(resp, StreamReader(tracker, "sse"))
 
     def _report(self, path: str, rec: RequestRecord) -> None:
         fire = self.environment.events.request.fire
@@ -215,3 +175,10 @@ def _announce(environment, **_kw) -> None:
 
 if __name__ == "__main__":  # pragma: no cover - run via the locust CLI
     print(json.dumps({"mix": MIX, "max_tokens": MAX_TOKENS}))
+
+
+def _read(resp, reader: StreamReader) -> RequestRecord:
+    for line in resp.iter_lines(chunk_size=None):
+        if reader.feed(line):
+            break
+    return reader.result()

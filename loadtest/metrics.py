@@ -288,3 +288,54 @@ def sse_delta_text(obj: dict[str, Any]) -> str:
     c = choices[0]
     delta = c.get("delta") or {}
     return delta.get("content") or c.get("text") or ""
+
+
+class StreamReader:
+    """Turns the lines of one streamed response into a :class:`RequestRecord`.
+
+    ``feed(line)`` returns True once the stream is over (finished or failed); ``result()`` gives
+    the record. One reader for NDJSON (``/generate``) and SSE (``/v1/chat/completions``), used by
+    both the Locust users (sync lines) and the httpx clients (async lines).
+    """
+
+    def __init__(self, tracker: StreamTracker, kind: str) -> None:
+        if kind not in ("ndjson", "sse"):
+            raise ValueError(f"unknown stream kind {kind!r}")
+        self.tracker = tracker
+        self.kind = kind
+        self._final: dict[str, Any] | None = None
+        self._usage: dict[str, Any] = {}
+        self._failed: RequestRecord | None = None
+
+    def feed(self, line: str | bytes) -> bool:
+        obj = parse_ndjson_line(line) if self.kind == "ndjson" else parse_sse_line(line)
+        if obj is None:
+            return False
+        if obj is SSE_DONE:
+            self._final = self._usage
+            return True
+        if obj.get("error"):
+            self._failed = self.tracker.fail(f"stream error: {obj['error']}")
+            return True
+        if self.kind == "ndjson":
+            if obj.get("token"):
+                self.tracker.chunk()
+            if obj.get("finished"):
+                meta = obj.get("metadata") or {}
+                self._final = {"completion_tokens": meta.get("output_tokens"),
+                               "prompt_tokens": meta.get("input_tokens", 0)}
+                return True
+            return False
+        if sse_delta_text(obj):
+            self.tracker.chunk()
+        if obj.get("usage"):
+            self._usage = obj["usage"]
+        return False
+
+    def result(self) -> RequestRecord:
+        if self._failed is not None:
+            return self._failed
+        if self._final is None:
+            end = "a finished line" if self.kind == "ndjson" else "data: [DONE]"
+            return self.tracker.fail(f"stream ended without {end}")
+        return self.tracker.finish(self._final.get("completion_tokens"), self._final.get("prompt_tokens", 0))

@@ -48,7 +48,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _curate(args: argparse.Namespace) -> int:
     from rrr_ray.data.curation import CuratedSet, curated_record, edit_with_editor, find_candidates, load_candidates
-    from rrr_ray.data.records import format_curated_text, read_curated_header
+    from rrr_ray.data.records import format_curated_text
 
     cs = CuratedSet(args.curated)
     sources = getattr(args, "source", None) or []

@@ -282,3 +282,27 @@ def test_locust_runner_against_the_seed_server(seed_url, tmp_path):
     for kind in ("TTFT", "TPOT", "E2EL", "TOKENS_PER_S"):
         assert level["locust_stats"][f"{kind} /generate"]["requests"] > 0
     assert (tmp_path / "u2" / "locust.html").exists() and (tmp_path / "u2" / "locust_stats.csv").exists()
+
+
+def test_stream_reader_turns_ndjson_and_sse_lines_into_records():
+    ndjson = M.StreamReader(M.StreamTracker("/generate", 1), "ndjson")
+    lines = ['{"token": "<", "section": "react", "finished": false}', "",
+             '{"token": "a", "section": "react", "finished": false}',
+             '{"token": "", "finished": true, "metadata": {"output_tokens": 2, "input_tokens": 5}}']
+    assert [ndjson.feed(line) for line in lines] == [False, False, False, True]
+    rec = ndjson.result()
+    assert rec.success and rec.output_tokens == 2 and rec.input_tokens == 5
+
+    sse = M.StreamReader(M.StreamTracker("/v1/chat/completions", 1), "sse")
+    for line in ['data: {"choices": [{"delta": {"content": "x"}}]}',
+                 'data: {"choices": [{"delta": {}, "finish_reason": "stop"}], "usage": {"completion_tokens": 1, "prompt_tokens": 3}}']:
+        assert sse.feed(line) is False
+    assert sse.feed("data: [DONE]") is True
+    assert sse.result().success
+
+    broken = M.StreamReader(M.StreamTracker("/generate", 1), "ndjson")
+    assert broken.feed('{"token": "", "finished": true, "error": "engine died"}') is True
+    assert not broken.result().success and "engine died" in broken.result().error
+    cut = M.StreamReader(M.StreamTracker("/v1/chat/completions", 1), "sse")
+    cut.feed('data: {"choices": [{"delta": {"content": "x"}}]}')
+    assert "[DONE]" in cut.result().error

@@ -64,7 +64,7 @@ Base model, pretrained from scratch: {arch} It chats in plain replies and does n
 (for comparison with the fine-tuned model). Pretraining: {base.get('steps')} steps,
 {base.get('train_minutes')} min, {base.get('train_tokens')} tokens.
 """,
-        "rrr-tiny-lora": f"""# rrr-tiny-lora
+        "rrr-tiny-lora": """# rrr-tiny-lora
 
 peft LoRA adapter for `models/rrr-tiny-base`: r=16, alpha=16, dropout 0.05 on the seven projections,
 no modules_to_save, so vLLM serves it unmerged (`LLM(model="models/rrr-tiny-base", enable_lora=True,

@@ -7,9 +7,7 @@ prompts, and the best checkpoint by compliance is exported."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
-import os
 import shutil
 import tempfile
 import time
