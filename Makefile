@@ -11,7 +11,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export RAY_SERVE_THROUGHPUT_OPTIMIZED ?= 1
 export RAY_SERVE_ENABLE_HA_PROXY ?= 1
 
-.PHONY: install serve test test-fast model bench clean-venv
+.PHONY: install serve test test-fast model bench compare loadtest clean-venv
 
 install:
 	@bash scripts/install.sh
@@ -30,6 +30,12 @@ model: install ## rebuild the embedded demo model from scratch (base + fine-tune
 
 bench: install ## format-core throughput benchmark
 	$(BIN)/python -m loadtest.bench_format --output out/bench
+
+compare: install ## engine vs rrr-ray graph vs seed-style server, one run (out/compare/compare.json)
+	$(BIN)/python -m loadtest.compare --model models/rrr-tiny --output out/compare
+
+loadtest: install ## Locust at 1, 4 and 16 users against a running `make serve`
+	$(BIN)/python -m loadtest.run --host http://127.0.0.1:8000 --users 1,4,16 --duration 60s --output out/load
 
 clean-venv:
 	rm -rf $(VENV)
