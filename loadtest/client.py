@@ -1,7 +1,7 @@
-"""Async httpx clients for the streaming endpoints, and a closed-loop load generator.
+"""An async httpx client for the streaming ``/generate`` endpoint, and a closed-loop load generator.
 
-Used by :mod:`loadtest.compare` (the Locust users have their own requests-based copy of the same
-logic in ``locustfile.py``; both parse with :mod:`loadtest.metrics`).
+Used by :mod:`loadtest.compare`. The Locust users (``locustfile.py``) read streams with the same
+:class:`loadtest.metrics.StreamReader`.
 """
 
 from __future__ import annotations
@@ -46,25 +46,11 @@ def generate_payload(prompt: str, max_tokens: int, *, temperature: float = 0.0, 
     return body
 
 
-def chat_payload(prompt: str, max_tokens: int, *, model: str, temperature: float = 0.0,
-                 ignore_eos: bool = False) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": max_tokens,
-        "temperature": temperature,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    if ignore_eos:
-        body["ignore_eos"] = True
-    return body
-
-
-async def _stream(client: httpx.AsyncClient, url: str, body: dict[str, Any], path: str, kind: str,
-                  users: int | None) -> RequestRecord:
-    tr = StreamTracker(path, users)
-    reader = StreamReader(tr, kind)
+async def stream_generate(client: httpx.AsyncClient, url: str, body: dict[str, Any],
+                          users: int | None = None) -> RequestRecord:
+    """POST a streaming ``/generate`` and time its NDJSON lines."""
+    tr = StreamTracker("/generate", users)
+    reader = StreamReader(tr, "ndjson")
     try:
         async with client.stream("POST", url, json=body) as resp:
             if resp.status_code != 200:
@@ -76,18 +62,6 @@ async def _stream(client: httpx.AsyncClient, url: str, body: dict[str, Any], pat
             return reader.result()
     except (httpx.HTTPError, json.JSONDecodeError, OSError) as exc:
         return tr.fail(f"{type(exc).__name__}: {exc}")
-
-
-async def stream_generate(client: httpx.AsyncClient, url: str, body: dict[str, Any],
-                          users: int | None = None) -> RequestRecord:
-    """POST a streaming ``/generate`` and time its NDJSON lines."""
-    return await _stream(client, url, body, "/generate", "ndjson", users)
-
-
-async def stream_chat(client: httpx.AsyncClient, url: str, body: dict[str, Any],
-                      users: int | None = None) -> RequestRecord:
-    """POST a streaming ``/v1/chat/completions`` and time its SSE events."""
-    return await _stream(client, url, body, "/v1/chat/completions", "sse", users)
 
 
 async def closed_loop(make_request: Callable[[int], Awaitable[RequestRecord]], concurrency: int,

@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.metrics import RequestRecord, summarize
+from rrr_ray.serving.launch import free_port
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -43,12 +43,6 @@ TARGETS = {
     "ttft_overhead_ms_p50_c1": ("<=", 15.0),
     "throughput_ratio_vs_seed_c16": (">=", 5.0),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def requests_for(c: int, per_level: int | None) -> int:
@@ -114,11 +108,12 @@ async def measure_http(base_url: str, label: str, args, levels: list[int], promp
 
 
 @contextlib.contextmanager
-def seed_server(args, out: Path):
+def seed_server(model: str, log_path: Path, env: dict[str, str] | None = None):
+    """Run ``loadtest.seed_server`` on a free port as its own process; yields (url, process)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "loadtest.seed_server", "--model", args.model, "--port", str(port)]
-    log = open(out / "seed_server.log", "w")
-    proc = subprocess.Popen(cmd, cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT)
+    cmd = [sys.executable, "-m", "loadtest.seed_server", "--model", model, "--port", str(port)]
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, cwd=str(REPO), env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         yield f"http://127.0.0.1:{port}", proc
     finally:
@@ -292,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             errors["serve"] = str(exc)
     if "c" not in skip:
         try:
-            with seed_server(args, out) as (url, proc):
+            with seed_server(args.model, out / "seed_server.log") as (url, proc):
                 asyncio.run(wait_healthy(url, timeout=180, proc=proc))
                 systems["seed"] = {"url": url, **asyncio.run(measure_http(url, "seed", args, levels, prompts))}
         except (RuntimeError, TimeoutError, OSError) as exc:

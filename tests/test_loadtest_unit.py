@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from loadtest import metrics as M
-from loadtest.compare import check_targets, ratios, table
+from loadtest.compare import check_targets, ratios, seed_server, table
 from loadtest.run import check_host, locust_counts, parse_duration
 from tests.helpers import REPO, seed_replies
 
@@ -188,10 +188,6 @@ def test_compare_ratios_and_targets():
 
 # --- against a real model server ---------------------------------------------------------------
 
-def _free_port() -> int:
-    return _closed_port()
-
-
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """The embedded model when it is there, else a random one of the same shape (same tokenizer kind)."""
@@ -210,26 +206,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def seed_url(tiny_model_dir, tmp_path_factory):
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("seed") / "seed_server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "loadtest.seed_server", "--model", str(tiny_model_dir),
-                             "--port", str(port)], cwd=REPO, env={**os.environ, **CPU_ENV},
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
+    log = tmp_path_factory.mktemp("seed") / "seed_server.log"
+    with seed_server(str(tiny_model_dir), log, env={**os.environ, **CPU_ENV}) as (url, proc):
         deadline = time.time() + 120
         while check_host(url, timeout=2) is not None:
             if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"seed server did not start (exit {proc.poll()}); log {log.name}")
+                pytest.fail(f"seed server did not start (exit {proc.poll()}); log {log}")
             time.sleep(0.5)
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.mark.e2e
