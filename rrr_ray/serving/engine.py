@@ -165,11 +165,7 @@ class VLLMEngine(Engine):
                 choice = out.outputs[0]
                 yield EngineOutput(text=choice.text, num_tokens=len(choice.token_ids), input_tokens=len(ids),
                                    finished=out.finished, finish_reason=choice.finish_reason)
-        except (BadRequestError, GeneratorExit):
-            raise
-        except Exception as exc:  # vLLM's EngineGenerateError / EngineDeadError and friends
-            if type(exc).__name__ == "CancelledError":
-                raise
+        except Exception as exc:  # vLLM's EngineGenerateError / EngineDeadError (cancellation is not an Exception)
             raise EngineError(f"{type(exc).__name__}: {exc}") from exc
         finally:
             await stream.aclose()
