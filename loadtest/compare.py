@@ -62,9 +62,13 @@ def run_engine(args, levels: list[int], out: Path) -> dict[str, Any]:
         cmd += ["--prompts", args.prompts]
     for ea in args.engine_arg:
         cmd += ["--engine-arg", ea]
+    env = dict(os.environ)
+    for key, value in graph_env().items():  # the graph's engine environment (this process's values win)
+        env.setdefault(key, value)
     print(f"[compare] (a) engine: {' '.join(cmd[2:])}", flush=True)
     with open(out / "engine.log", "w") as log:
-        proc = subprocess.run(cmd, cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT, timeout=args.timeout)
+        proc = subprocess.run(cmd, cwd=str(REPO), env=env, stdout=log, stderr=subprocess.STDOUT,
+                              timeout=args.timeout)
     if proc.returncode != 0 or not rec_file.exists():
         raise RuntimeError(f"engine benchmark failed (exit {proc.returncode}); see {out / 'engine.log'}")
     data = json.loads(rec_file.read_text())
@@ -137,6 +141,16 @@ def graph_args(model: str) -> dict[str, Any]:
     return app
 
 
+def graph_env() -> dict[str, str]:
+    """serve_config.yaml's ``runtime_env.env_vars``: (a) and (b) run their engines with them."""
+    from rrr_ray.serving.launch import load_app_env
+
+    try:
+        return load_app_env()
+    except (OSError, ValueError):
+        return {}
+
+
 def engine_args_from_graph(app: dict[str, Any]) -> list[str]:
     """The graph's engine settings as ``--engine-arg`` pairs for (a), so both run the same engine."""
     m = app["models"][0]
@@ -163,7 +177,7 @@ def serve_graph(args):
             app[k] = v
     print(f"[compare] (b) starting the graph: {json.dumps(app)}", flush=True)
     try:
-        url = start_graph(app, timeout_s=args.timeout)
+        url = start_graph(app, timeout_s=args.timeout, env=graph_env())
     except Exception as exc:
         with contextlib.suppress(Exception):
             stop_graph()
@@ -300,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         "config": {"model": args.model, "concurrency": levels, "max_tokens": args.max_tokens,
                    "requests_per_level": {str(c): requests_for(c, args.requests_per_level) for c in levels},
                    "temperature": 0.0, "ignore_eos": True, "prompts": args.prompts or str(HERE / "prompts.txt"),
-                   "endpoint_b_c": "/generate (NDJSON stream)", "cpus": os.cpu_count()},
+                   "endpoint_b_c": "/generate (NDJSON stream)", "cpus": os.cpu_count(),
+                   "engine_env": {k: os.environ.get(k, v) for k, v in graph_env().items() if k.startswith("RRR_")}},
         **{k: r[k] for k in ("throughput_ratio_vs_engine_c16", "ttft_overhead_ms_p50_c1",
                              "throughput_ratio_vs_seed_c16", "seed_ratio_vs_engine_c16")},
         "ratios": r,

@@ -41,9 +41,10 @@ def graph_args() -> dict:
 @pytest.fixture(scope="session")
 def serve_url():
     """Base URL of the running rrr-ray graph (started once per session)."""
-    from rrr_ray.serving.launch import start_graph, stop_graph
+    from rrr_ray.serving.launch import load_app_env, start_graph, stop_graph
 
-    url = start_graph(graph_args(), timeout_s=600)
+    config = os.environ.get("RRR_SERVE_CONFIG", str(REPO / "serve_config.yaml"))
+    url = start_graph(graph_args(), timeout_s=600, env=load_app_env(config))
     yield url
     stop_graph()
 

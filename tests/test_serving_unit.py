@@ -61,6 +61,22 @@ def test_batched_flushes_first_item_alone_and_keeps_everything_in_order():
     assert len(batches) < 40  # later items travel together
 
 
+def test_batched_flushes_the_last_items_when_the_source_ends_not_at_the_window():
+    async def three():
+        for i in range(3):
+            await asyncio.sleep(0.01)
+            yield i
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        batches = [b async for b in batched(three(), interval_s=5.0)]
+        return batches, loop.time() - start
+    batches, elapsed = run(main())
+    assert batches == [[0], [1, 2]]
+    assert elapsed < 2.5  # a 5 s window, but the source ended after ~30 ms
+
+
 def test_batched_passes_errors_after_the_items_before_them():
     async def failing():
         yield 1

@@ -3,7 +3,8 @@
 Ray Serve handles carry a few hundred messages per second per stream on a small CPU, fewer than
 an engine makes tokens, so tokens cross each hop in batches. As in Ray Serve LLM's ``Batcher``,
 the first item is flushed immediately (time to first token is not delayed), later ones are
-gathered for ``interval_s``; the last one is flushed as soon as the source ends.
+gathered for ``interval_s``; when the source ends the rest is flushed at once, even mid-window
+(a final batch held for the window would hold the client's next request back as long).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ async def batched(source: AsyncIterator[T], interval_s: Union[float, Callable[[]
     window = interval_s if callable(interval_s) else (lambda: interval_s)
     items: list[T] = []
     arrived = asyncio.Event()
+    ended = asyncio.Event()
     done = False
     failure: BaseException | None = None
 
@@ -59,6 +61,7 @@ async def batched(source: AsyncIterator[T], interval_s: Union[float, Callable[[]
         finally:
             done = True
             arrived.set()
+            ended.set()
 
     task = asyncio.create_task(pump())
     first = True
@@ -67,7 +70,8 @@ async def batched(source: AsyncIterator[T], interval_s: Union[float, Callable[[]
             await arrived.wait()
             wait = 0.0 if first or done else window()
             if wait > 0:
-                await asyncio.sleep(wait)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(ended.wait(), wait)
             first = False
             arrived.clear()
             if items:

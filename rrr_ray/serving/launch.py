@@ -44,13 +44,24 @@ def load_app_args(config_path: Path = DEFAULT_CONFIG, app_name: str = "rrr") -> 
     raise ValueError(f"{config_path}: no application named {app_name!r}")
 
 
+def load_app_env(config_path: Path = DEFAULT_CONFIG, app_name: str = "rrr") -> dict[str, str]:
+    """The ``runtime_env.env_vars`` of one application in a Serve config file."""
+    config = yaml.safe_load(Path(config_path).read_text())
+    for app in config.get("applications", []):
+        if app.get("name") == app_name:
+            return {k: str(v) for k, v in ((app.get("runtime_env") or {}).get("env_vars") or {}).items()}
+    raise ValueError(f"{config_path}: no application named {app_name!r}")
+
+
 def start_graph(args: dict[str, Any], port: Optional[int] = None, num_cpus: int = 2,
-                timeout_s: float = 300) -> str:
+                timeout_s: float = 300, env: Optional[dict[str, str]] = None) -> str:
     """Start a local Ray (if none is connected) and Serve, deploy the graph, wait until healthy.
 
-    Returns the base URL. Stop with ``stop_graph()``.
+    ``env``: environment for the replicas (a config's ``runtime_env.env_vars``, see
+    ``load_app_env``); values already in this process's environment win. Returns the base URL.
+    Stop with ``stop_graph()``.
     """
-    for key, value in CPU_ENV.items():
+    for key, value in {**CPU_ENV, **(env or {})}.items():
         os.environ.setdefault(key, value)
     # HAProxy's stats and metrics ports are machine-wide: pick free ones, so that this graph
     # can run beside `make serve`.
