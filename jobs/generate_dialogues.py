@@ -42,6 +42,8 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=256, help=h("max_tokens"))
     p.add_argument("--temperature", type=float, default=0.8, help=h("temperature"))
     p.add_argument("--temperature-jitter", type=float, default=0.15, help=h("temperature_jitter"))
+    p.add_argument("--top-p", type=float, default=1.0, help=h("top_p"))
+    p.add_argument("--top-k", type=int, default=40, help=h("top_k"))
     p.add_argument("--max-retries", type=int, default=4, help=h("max_retries"))
     p.add_argument("--format-retries", type=int, default=2, help=h("format_retries"))
     p.add_argument("--no-repair", dest="repair", action="store_false", help="do not accept replies that repair fixes")

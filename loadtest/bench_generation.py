@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     output=Path(tmp) / f"c{c}"))
                 results.append({"concurrency": c, "dialogues": s.generated, "rejected": s.rejected,
                                 "rejected_reasons": s.rejected_reasons, "retries": s.retries,
+                                "format_retries": s.format_retries, "repaired": s.repaired, "attempts": s.attempts,
                                 "elapsed_s": s.elapsed_s, "wall_s": round(time.monotonic() - t, 3),
                                 "dialogues_per_minute": s.dialogues_per_minute})
                 print(f"concurrency {c:>2}: {s.generated} dialogues in {s.elapsed_s:.1f}s = "

@@ -167,6 +167,10 @@ class GenerationConfig(BaseModel):
     max_tokens: int = Field(default=256, ge=16, description="Completion budget per reply (turns) or per dialogue x turns (whole).")
     temperature: float = Field(default=0.8, ge=0, le=2, description="Base sampling temperature.")
     temperature_jitter: float = Field(default=0.15, ge=0, le=1, description="Each dialogue's temperature is base ± jitter.")
+    top_p: float = Field(default=1.0, gt=0, le=1,
+                         description="Nucleus sampling (OpenAI's default, 1.0, is off: on a CPU engine it sorts the vocabulary per token).")
+    top_k: int = Field(default=40, ge=0,
+                       description="Top-k sampling, sent to rrr-ray and vLLM servers (not to api.openai.com); 0 leaves the server's.")
     max_retries: int = Field(default=4, ge=0, description="Retries of one request on connection errors, timeouts, 429 and 5xx.")
     backoff_base: float = Field(default=0.5, ge=0, description="First retry delay in seconds; doubles each retry (with jitter).")
     backoff_max: float = Field(default=8.0, ge=0, description="Longest retry delay in seconds.")
@@ -365,21 +369,30 @@ class DialogueGenerator:
                                   timeout=cfg.request_timeout)
         self.rotation = ExampleRotation(load_examples(cfg.examples), cfg.seed)
         self._extra: dict[str, Any] = {}
+        self._sampling: dict[str, Any] = {}  # extra sampling fields (OpenAI's API has no top_k)
+        if cfg.top_k and not is_openai(cfg.base_url):
+            self._sampling["top_k"] = cfg.top_k
         if cfg.guided:
             from rrr_ray.format import guided_regex
 
             # rrr-ray's own endpoint reads ``guided``; vLLM's reads ``structured_outputs``; each ignores the other.
             self._extra = {"guided": True, "structured_outputs": {"regex": guided_regex()}}
 
+    def sample_seed(self, index: int, *parts: int) -> int:
+        """The sampling seed of one request: a function of (seed, dialogue, turn, attempt), so a
+        rerun, a resume or another concurrency level asks for the same samples."""
+        return random.Random(f"{self.cfg.seed}:sample:{index}:{':'.join(map(str, parts))}").randrange(2 ** 31)
+
     async def chat(self, messages: list[dict], temperature: float, max_tokens: int, result: DialogueResult,
-                   rng: random.Random, guided: bool = True) -> str:
+                   rng: random.Random, guided: bool = True, seed: Optional[int] = None) -> str:
         """One chat completion with bounded retries and exponential backoff."""
         attempt = 0
         while True:
             try:
+                extra = {**self._sampling, **(self._extra if guided else {})}
                 resp = await self.client.chat.completions.create(
-                    model=self.model, messages=messages, temperature=temperature, max_tokens=max_tokens,
-                    extra_body=(self._extra if guided and self._extra else None))
+                    model=self.model, messages=messages, temperature=temperature, top_p=self.cfg.top_p,
+                    max_tokens=max_tokens, seed=seed, extra_body=extra or None)
                 return resp.choices[0].message.content or ""
             except Exception as exc:  # classified below
                 kind, message = classify_openai_error(exc, self.cfg.base_url, self.model)
@@ -431,11 +444,12 @@ class DialogueGenerator:
     async def _by_turns(self, plan: DialoguePlan, example: DialogueRecord, result: DialogueResult,
                         rng: random.Random) -> list[Message]:
         history: list[Message] = []
-        for user_line in plan.user_lines:
+        for turn, user_line in enumerate(plan.user_lines):
             history.append(Message(role="user", content=user_line))
             messages = turn_messages(plan, example, history, self.cfg.few_shot_turns)
             for attempt in range(self.cfg.format_retries + 1):
-                text = await self.chat(messages, plan.temperature, self.cfg.max_tokens, result, rng)
+                text = await self.chat(messages, plan.temperature, self.cfg.max_tokens, result, rng,
+                                       seed=self.sample_seed(plan.index, turn, attempt))
                 reply, codes = self.check_reply(text, result)
                 if reply is not None:
                     break
@@ -452,7 +466,7 @@ class DialogueGenerator:
         codes: list[str] = []
         for attempt in range(self.cfg.format_retries + 1):
             text = await self.chat(messages, plan.temperature, self.cfg.max_tokens * plan.num_turns, result, rng,
-                                   guided=False)
+                                   guided=False, seed=self.sample_seed(plan.index, attempt))
             try:
                 parsed = parse_turns(text.strip().strip("`").strip(), plan.conversation_id)
                 codes = []
@@ -589,6 +603,7 @@ class _RayExecutor:
         actor_cls = ray.remote(num_cpus=0, max_concurrency=per)(GeneratorActor)
         data = cfg.model_dump(mode="json")
         self.actors = [actor_cls.remote(data) for _ in range(n)]
+        ray.get([a.ready.remote() for a in self.actors])  # started: throughput is timed from here
         self.load = [0] * n
         self.where: dict[Any, int] = {}
 
@@ -619,6 +634,9 @@ class GeneratorActor:
 
     async def generate(self, index: int) -> dict:
         return (await self.gen.generate(index)).model_dump(mode="json")
+
+    def ready(self) -> bool:
+        return True
 
 
 class _LocalExecutor:
