@@ -26,6 +26,7 @@ class FakeOpenAI:
         self.reply = reply
         self.model = model
         self.requests: list[tuple[str, str]] = []
+        self.bodies: list[dict] = []  # the JSON bodies of chat completions, in arrival order
         self._lock = threading.Lock()
         fake = self
 
@@ -43,10 +44,11 @@ class FakeOpenAI:
 
             def _handle(self, method: str) -> None:
                 length = int(self.headers.get("content-length") or 0)
-                if length:
-                    self.rfile.read(length)
+                raw = self.rfile.read(length) if length else b""
                 with fake._lock:
                     fake.requests.append((method, self.path))
+                    if self.path.endswith("/chat/completions") and raw:
+                        fake.bodies.append(json.loads(raw))
                     status = fake.fail_with.pop(0) if fake.fail_with else None
                     if status is None and self.path.endswith("/chat/completions") and fake.fail_chat_with:
                         status = fake.fail_chat_with.pop(0)

@@ -176,3 +176,21 @@ def test_whole_dialogue_mode_rejects_unparseable_text(tmp_path):
         s = run_generation(cfg(api.base_url, tmp_path / "gen", num_dialogues=1, mode="whole", max_attempts=1,
                                format_retries=0), use_ray=False)
     assert s.total == 0 and s.rejected_reasons == {"parse_error": 1}
+
+
+def test_requests_carry_deterministic_sampling_seeds_and_settings(tmp_path):
+    """Every request has a seed fixed by (seed, dialogue, turn, attempt): two runs, at different
+    concurrency, ask for the same samples; top_p and top_k are sent (top_k not to OpenAI)."""
+    runs = []
+    for i, concurrency in enumerate((1, 3)):
+        with FakeOpenAI() as api:
+            run_generation(cfg(api.base_url, tmp_path / f"r{i}", num_dialogues=4, concurrency=concurrency),
+                           use_ray=False)
+            runs.append(api.bodies)
+    seeds = [sorted(b["seed"] for b in bodies) for bodies in runs]
+    assert seeds[0] == seeds[1] and len(set(seeds[0])) == len(seeds[0])
+    assert all(b["top_p"] == 1.0 and b["top_k"] == 40 for b in runs[0])
+    c = GenerationConfig(base_url="https://api.openai.com/v1", api_key="k")
+    from rrr_ray.data.generation import DialogueGenerator
+
+    assert "top_k" not in DialogueGenerator(c)._sampling
