@@ -31,6 +31,7 @@ class DeploymentOptions(BaseModel):
         None, description="min_replicas, max_replicas, target_ongoing_requests, ...")
     max_ongoing_requests: Optional[int] = Field(None, ge=1, description="Concurrent requests per replica.")
     max_queued_requests: Optional[int] = Field(None, description="Queued requests before 503s (-1: no limit).")
+    access_log: bool = Field(True, description="Serve's per-request access log line in the replica's log file.")
 
     def serve_options(self, name: str) -> dict[str, Any]:
         opts: dict[str, Any] = {"name": name, "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}}
@@ -42,6 +43,8 @@ class DeploymentOptions(BaseModel):
             opts["max_ongoing_requests"] = self.max_ongoing_requests
         if self.max_queued_requests is not None:
             opts["max_queued_requests"] = self.max_queued_requests
+        if not self.access_log:
+            opts["logging_config"] = {"enable_access_log": False}
         return opts
 
 

@@ -28,6 +28,22 @@ def test_cpu_default_serves_the_fine_tuned_model_on_loopback_with_fractional_cpu
     assert all(m.deployment.num_gpus == 0 for m in args.models)
 
 
+def test_cpu_only_engine_settings_stay_out_of_the_gpu_variant():
+    cpu = AppArgs.model_validate(load_app_args(REPO / "serve_config.yaml"))
+    gpu = AppArgs.model_validate(load_app_args(REPO / "serve_config.gpu.yaml"))
+    assert all(m.engine_niceness == 0 for m in cpu.models)
+    assert all(m.engine_niceness is None for m in gpu.models)
+    gpu_env = (yaml.safe_load((REPO / "serve_config.gpu.yaml").read_text())["applications"][0].get("runtime_env") or {})
+    assert "RRR_VLLM_BUSY_LOOP_S" not in (gpu_env.get("env_vars") or {})
+
+
+def test_access_log_can_be_turned_off_per_deployment():
+    from deployments.app import DeploymentOptions
+
+    assert "logging_config" not in DeploymentOptions().serve_options("x")
+    assert DeploymentOptions(access_log=False).serve_options("x")["logging_config"] == {"enable_access_log": False}
+
+
 def test_gpu_variant_autoscales_gpu_replicas_and_serves_a_lora_adapter():
     args = AppArgs.model_validate(load_app_args(REPO / "serve_config.gpu.yaml"))
     main = args.models[0]
