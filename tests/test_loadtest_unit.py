@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from loadtest import metrics as M
-from loadtest.compare import check_targets, ratios, seed_server, table
+from loadtest.compare import check_targets, median_round, ratios, seed_server, table
 from loadtest.run import check_host, locust_counts, parse_duration
 from tests.helpers import REPO, seed_replies
 
@@ -184,6 +184,21 @@ def test_compare_ratios_and_targets():
     assert all(v["ok"] for v in t.values())
     assert ratios({"engine": systems["engine"]}, [1, 16])["throughput_ratio_vs_engine_c16"] is None
     assert "engine" in table(systems, [1, 16])
+
+
+def test_compare_keeps_the_median_round_and_never_rounds_up():
+    def lv(tput):
+        s = M.summarize([rec()])
+        s["output_throughput"] = tput
+        return s
+
+    def round_(a, b):
+        return {"engine": {"levels": {"16": lv(a)}}, "serve": {"levels": {"16": lv(b)}}}
+
+    rounds = [round_(1000, 900), round_(1000, 500), round_(1000, 700)]  # 0.9, 0.5, 0.7
+    assert median_round(rounds, [16]) == 2
+    assert median_round(rounds[:2], [16]) == 1  # two rounds: the lower one
+    assert median_round([{"engine": {"levels": {"16": lv(1000)}}}], [16]) == 0  # no ratio at all
 
 
 # --- against a real model server ---------------------------------------------------------------
