@@ -5,8 +5,9 @@
 
 Runs the real job (``rrr_ray.data.generation.run_generation`` on one local Ray cluster) once per
 concurrency level, each into a fresh folder, with the same seed, so every level makes the same
-dialogues (each request carries a sampling seed fixed by dialogue, turn and attempt). Prints the figures and writes ``generation_bench.json`` to ``--output``. A warm-up
-run (not counted) first makes the server compile/cache what it needs.
+dialogues (each request carries a sampling seed fixed by dialogue, turn and attempt). Prints the
+figures and writes ``generation_bench.json`` to ``--output``. A warm-up run (not counted) first
+makes the server compile/cache what it needs.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import importlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Optional
@@ -107,8 +108,6 @@ def set_child_niceness(niceness: int, pid: Optional[int] = None) -> int:
     Linux niceness is per thread, so each thread is set. Returns how many threads were set; on
     a permission error logs one warning and leaves the rest as they are.
     """
-    import os
-
     import psutil
 
     changed = 0
