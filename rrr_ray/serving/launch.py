@@ -35,22 +35,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def load_app_args(config_path: Path = DEFAULT_CONFIG, app_name: str = "rrr") -> dict[str, Any]:
-    """The ``args`` of one application in a Serve config file."""
+def _load_app(config_path: Path, app_name: str) -> dict[str, Any]:
+    """One application's entry in a Serve config file."""
     config = yaml.safe_load(Path(config_path).read_text())
     for app in config.get("applications", []):
         if app.get("name") == app_name:
-            return copy.deepcopy(app.get("args", {}))
+            return app
     raise ValueError(f"{config_path}: no application named {app_name!r}")
+
+
+def load_app_args(config_path: Path = DEFAULT_CONFIG, app_name: str = "rrr") -> dict[str, Any]:
+    """The ``args`` of one application in a Serve config file."""
+    return copy.deepcopy(_load_app(config_path, app_name).get("args", {}))
 
 
 def load_app_env(config_path: Path = DEFAULT_CONFIG, app_name: str = "rrr") -> dict[str, str]:
     """The ``runtime_env.env_vars`` of one application in a Serve config file."""
-    config = yaml.safe_load(Path(config_path).read_text())
-    for app in config.get("applications", []):
-        if app.get("name") == app_name:
-            return {k: str(v) for k, v in ((app.get("runtime_env") or {}).get("env_vars") or {}).items()}
-    raise ValueError(f"{config_path}: no application named {app_name!r}")
+    env_vars = (_load_app(config_path, app_name).get("runtime_env") or {}).get("env_vars") or {}
+    return {k: str(v) for k, v in env_vars.items()}
 
 
 def start_graph(args: dict[str, Any], port: Optional[int] = None, num_cpus: int = 2,
