@@ -3,12 +3,14 @@
     ingress (HTTP) -> post-processor (RRR validation) -> model deployment(s) (vLLM)
 
 One model deployment per served model; LoRA adapters are served by their base model's deployment.
+The post-processor runs in its own deployment or, with ``postprocessor.placement: ingress``, inside
+each ingress replica (the same code, one Ray hop less per request).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, Field, model_validator
 from ray.serve import Application
@@ -48,6 +50,14 @@ class DeploymentOptions(BaseModel):
         return opts
 
 
+class PostProcessorOptions(DeploymentOptions):
+    """Where the streaming RRR post-processor runs, and its deployment's options when it has one."""
+
+    placement: Literal["deployment", "ingress"] = Field(
+        "deployment", description="'deployment': replicas of its own, scaled apart from the ingress; 'ingress': "
+        "inside each ingress replica, which saves one Ray hop per request (the other options are then unused).")
+
+
 class ModelArgs(EngineConfig):
     """A served model: engine settings plus how its deployment is placed and scaled."""
 
@@ -64,7 +74,7 @@ class AppArgs(BaseModel):
     max_hop_messages_per_s: float = Field(200.0, ge=0, description="Message rate a model replica aims to stay "
                                           "under across all its streams; the window widens with load (0: fixed).")
     ingress: DeploymentOptions = Field(default_factory=DeploymentOptions)
-    postprocessor: DeploymentOptions = Field(default_factory=DeploymentOptions)
+    postprocessor: PostProcessorOptions = Field(default_factory=PostProcessorOptions)
 
     @model_validator(mode="after")
     def _names_unique(self) -> "AppArgs":
@@ -100,6 +110,8 @@ def build_app(args: dict[str, Any]) -> Application:
         cards.append({"name": model.name, "root": model.path, "description": model.description})
         cards += [{"name": n, "root": p, "parent": model.name, "description": f"LoRA adapter on {model.name}"}
                   for n, p in model.lora_modules.items()]
+    ingress = RRRIngress.options(**config.ingress.serve_options("RRRIngress"))
+    if config.postprocessor.placement == "ingress":
+        return ingress.bind(cards, config.default_model, models=handles)
     postprocessor = RRRPostProcessor.options(**config.postprocessor.serve_options("RRRPostProcessor")).bind(handles)
-    return RRRIngress.options(**config.ingress.serve_options("RRRIngress")).bind(
-        postprocessor, cards, config.default_model)
+    return ingress.bind(cards, config.default_model, postprocessor=postprocessor)

@@ -1,4 +1,9 @@
-"""The post-processor deployment: streams from a model deployment, validating RRR on the way."""
+"""The post-processor: streams from a model deployment, validating RRR on the way.
+
+``PostProcessing`` is the logic over model handles. It runs either as its own deployment
+(``RRRPostProcessor``, scaled apart from the ingress: one more Ray hop per request) or inside
+each ingress replica (``placement: ingress``, the default on CPU), see ``deployments/app.py``.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,7 @@ from rrr_ray.serving.protocol import EngineRequest
 from rrr_ray.serving.streams import OutputChunk, postprocess
 
 
-@serve.deployment(name="RRRPostProcessor", ray_actor_options={"num_cpus": 0.1})
-class RRRPostProcessor:
+class PostProcessing:
     def __init__(self, models: dict[str, DeploymentHandle]) -> None:
         """``models`` maps every served name (models and LoRA adapters) to its model deployment."""
         self.models = models
@@ -38,5 +42,5 @@ class RRRPostProcessor:
         return {n: ({"error": f"{type(r).__name__}: {r}", "unfinished_requests": None}
                     if isinstance(r, BaseException) else r) for n, r in zip(names, results)}
 
-    async def num_unfinished_requests(self, model: str) -> int:
-        return await self.models[model].num_unfinished_requests.remote()
+
+RRRPostProcessor = serve.deployment(name="RRRPostProcessor", ray_actor_options={"num_cpus": 0.1})(PostProcessing)

@@ -37,6 +37,41 @@ def test_cpu_only_engine_settings_stay_out_of_the_gpu_variant():
     assert "RRR_VLLM_BUSY_LOOP_S" not in (gpu_env.get("env_vars") or {})
 
 
+def test_post_processor_runs_in_the_ingress_on_cpu_and_in_its_own_deployment_on_gpu():
+    from ray.serve import Application
+
+    cpu = AppArgs.model_validate(load_app_args(REPO / "serve_config.yaml"))
+    gpu = AppArgs.model_validate(load_app_args(REPO / "serve_config.gpu.yaml"))
+    assert cpu.postprocessor.placement == "ingress" and gpu.postprocessor.placement == "deployment"
+    assert "placement" not in gpu.postprocessor.serve_options("RRRPostProcessor")
+    with pytest.raises(ValueError, match="placement"):
+        AppArgs.model_validate({"models": [{"name": "a", "path": "x"}], "postprocessor": {"placement": "model"}})
+    for placement, deployments in [("ingress", {"RRRIngress", "RRRModel:a"}),
+                                   ("deployment", {"RRRIngress", "RRRPostProcessor", "RRRModel:a"})]:
+        app: Application = build_app({"models": [{"name": "a", "path": "x"}], "postprocessor": {"placement": placement}})
+        assert _deployment_names(app) == deployments
+
+
+def _deployment_names(app) -> set[str]:
+    """Names of the deployments an application binds (walks the bound arguments)."""
+    names: set[str] = set()
+
+    def walk(value) -> None:
+        deployment = getattr(value, "_bound_deployment", None)
+        if deployment is not None:
+            names.add(deployment.name)
+            walk([*deployment.init_args, *deployment.init_kwargs.values()])
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v)
+
+    walk(app)
+    return names
+
+
 def test_access_log_can_be_turned_off_per_deployment():
     from deployments.app import DeploymentOptions
 

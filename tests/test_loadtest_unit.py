@@ -201,6 +201,19 @@ def test_compare_keeps_the_median_round_and_never_rounds_up():
     assert median_round([{"engine": {"levels": {"16": lv(1000)}}}], [16]) == 0  # no ratio at all
 
 
+def test_generation_bench_reports_the_median_round_of_its_speed_ups():
+    from loadtest.bench_generation import median_round as gen_median, speedups
+
+    def round_(c1, c8):
+        return [{"concurrency": 1, "dialogues_per_minute": c1}, {"concurrency": 8, "dialogues_per_minute": c8}]
+
+    assert speedups(round_(50.0, 200.0)) == {"1": 1.0, "8": 4.0}
+    assert speedups(round_(0.0, 200.0))["8"] is None
+    rounds = [speedups(round_(50, 250)), speedups(round_(50, 150)), speedups(round_(50, 200))]  # 5x, 3x, 4x
+    assert gen_median(rounds) == 2
+    assert gen_median(rounds[:2]) == 1  # two rounds: the lower one
+
+
 # --- against a real model server ---------------------------------------------------------------
 
 @pytest.fixture(scope="session")

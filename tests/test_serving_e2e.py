@@ -200,3 +200,38 @@ def test_streaming_tpot_stays_within_ten_percent_of_the_engine(serve_url):
     client = sorted(c for c, _ in results)[len(results) // 2]
     engine = sorted(e for _, e in results)[len(results) // 2]
     assert client <= engine * 1.10, (client, engine)
+
+
+def test_post_processor_in_a_deployment_of_its_own(serve_url):
+    """The GPU config's placement (`postprocessor.placement: deployment`): the same streams, with
+    the post-processor in replicas of its own. A second application beside the session's graph,
+    on the fake engine."""
+    from ray import serve
+
+    from deployments.app import build_app
+    from tests.conftest import FAKE_MODEL
+
+    args = {"models": [dict(FAKE_MODEL, deployment={"num_cpus": 0.02, "num_replicas": 1})],
+            "ingress": {"num_cpus": 0.02}, "postprocessor": {"placement": "deployment", "num_cpus": 0.02}}
+    serve.run(build_app(args), name="rrr-pp", route_prefix="/pp", blocking=False)
+    url = f"{serve_url}/pp"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        assert httpx.get(f"{url}/health", timeout=30).json()["models"] == {"fake": True}
+        lines = stream_lines(url, {"prompt": "hello", "stream": True, "max_new_tokens": 200})
+        final = lines[-1][1]
+        assert final["finished"] is True and final["validation"]["valid"] is True
+        text = "".join(line["token"] for _, line in lines[:-1])
+        assert final["validation"] == validate(text).model_dump(mode="json")
+        assert {"react", "respond", "reflect"} <= {line["section"] for _, line in lines[:-1]}
+        failed = stream_lines(url, {"prompt": "go [fail-after:6]", "stream": True})
+        assert failed[-1][1]["finished"] is True and "failed mid-stream" in failed[-1][1]["error"]
+    finally:
+        serve.delete("rrr-pp")
