@@ -43,4 +43,23 @@ class PostProcessing:
                     if isinstance(r, BaseException) else r) for n, r in zip(names, results)}
 
 
+class RemotePostProcessing:
+    """The ``RRRPostProcessor`` deployment behind the same interface, for the ingress to call."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self.handle = handle
+        self.streaming = handle.options(stream=True)
+
+    async def stream(self, request: EngineRequest, with_repair: bool = False) -> AsyncIterator[OutputChunk]:
+        response = self.streaming.stream.remote(request, with_repair)
+        try:
+            async for chunk in response:
+                yield chunk
+        finally:
+            response.cancel()
+
+    async def health(self) -> dict[str, dict[str, Any]]:
+        return await self.handle.health.remote()
+
+
 RRRPostProcessor = serve.deployment(name="RRRPostProcessor", ray_actor_options={"num_cpus": 0.1})(PostProcessing)

@@ -80,18 +80,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         ray.shutdown()
-    chosen = median_round([speedups(rs) for rs in rounds])
+    round_speedups = [speedups(rs) for rs in rounds]
+    chosen = median_round(round_speedups)
     results = rounds[chosen]
     report = {
         "base_url": common.get("base_url"), "model": GenerationConfig(**common).resolved_model(),
         "num_dialogues": args.num_dialogues, "turns": [args.min_turns, args.max_turns], "guided": args.guided,
         "machine": {"platform": platform.platform(), "python": platform.python_version()},
-        "results": results, "speedup": speedups(results),
-        "median_round": chosen, "rounds": [{"results": rs, "speedup": speedups(rs)} for rs in rounds],
+        "results": results, "speedup": round_speedups[chosen],
+        "median_round": chosen, "rounds": [{"results": rs, "speedup": sp} for rs, sp in zip(rounds, round_speedups)],
     }
     if len(results) >= 2:
         last = str(results[-1]["concurrency"])
-        every = ", ".join(f"{speedups(rs)[last]}x" for rs in rounds)
+        every = ", ".join(f"{sp[last]}x" for sp in round_speedups)
         print(f"speedup c={last} vs c={results[0]['concurrency']}: {report['speedup'][last]}x"
               + (f" (median of {args.rounds} rounds: {every})" if args.rounds > 1 else ""))
     args.output.mkdir(parents=True, exist_ok=True)
