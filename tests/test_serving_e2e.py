@@ -3,6 +3,7 @@ failure paths). One graph for the whole session (the ``serve_url`` fixture)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -209,6 +210,7 @@ def test_post_processor_in_a_deployment_of_its_own(serve_url):
     from ray import serve
 
     from deployments.app import build_app
+    from loadtest.client import wait_healthy
     from tests.conftest import FAKE_MODEL
 
     args = {"models": [dict(FAKE_MODEL, deployment={"num_cpus": 0.02, "num_replicas": 1})],
@@ -216,14 +218,7 @@ def test_post_processor_in_a_deployment_of_its_own(serve_url):
     serve.run(build_app(args), name="rrr-pp", route_prefix="/pp", blocking=False)
     url = f"{serve_url}/pp"
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        asyncio.run(wait_healthy(url, timeout=120))
         assert httpx.get(f"{url}/health", timeout=30).json()["models"] == {"fake": True}
         lines = stream_lines(url, {"prompt": "hello", "stream": True, "max_new_tokens": 200})
         final = lines[-1][1]
