@@ -1,10 +1,13 @@
 """Build the serving graph from ``serve_config.yaml`` arguments.
 
-    ingress (HTTP) -> post-processor (RRR validation) -> model deployment(s) (vLLM)
+    ingress (HTTP) -> post-processor (RRR validation) -> model(s) (vLLM)
 
-One model deployment per served model; LoRA adapters are served by their base model's deployment.
-The post-processor runs in its own deployment or, with ``postprocessor.placement: ingress``, inside
-each ingress replica (the same code, one Ray hop less per request).
+Each stage is one class and can run in a deployment of its own or inside the ingress replica:
+- the post-processor: its own deployment, or ``postprocessor.placement: ingress`` (one Ray hop less);
+- each model: its own deployment (``RRRModel:<name>``, scaled apart; LoRA adapters are served by
+  their base model's deployment), or ``placement: ingress`` (the engine runs in every ingress
+  replica, whose resources then include the model's: no Ray hop between HTTP and the engine).
+The CPU config puts both in the ingress; the GPU config gives each a deployment of its own.
 """
 
 from __future__ import annotations
@@ -61,6 +64,10 @@ class PostProcessorOptions(DeploymentOptions):
 class ModelArgs(EngineConfig):
     """A served model: engine settings plus how its deployment is placed and scaled."""
 
+    placement: Literal["deployment", "ingress"] = Field(
+        "deployment", description="'deployment': replicas of its own (RRRModel:<name>), scaled apart; 'ingress': "
+        "the engine runs inside each ingress replica, no Ray hop per request (needs the post-processor in the "
+        "ingress; of `deployment`, only num_cpus and num_gpus are used, added to the ingress's).")
     deployment: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_cpus=0.4))
 
 
@@ -83,6 +90,10 @@ class AppArgs(BaseModel):
             raise ValueError(f"served model names must be unique: {names}")
         if self.default_model is not None and self.default_model not in names:
             raise ValueError(f"default_model {self.default_model!r} is not among {names}")
+        in_ingress = [m.name for m in self.models if m.placement == "ingress"]
+        if in_ingress and self.postprocessor.placement != "ingress":
+            raise ValueError(f"models {in_ingress} have placement 'ingress', which needs the post-processor there "
+                             "too (postprocessor.placement: ingress)")
         return self
 
 
@@ -96,22 +107,32 @@ def resolve_path(path: str) -> str:
 
 def build_app(args: dict[str, Any]) -> Application:
     config = AppArgs.model_validate(args)
+    streaming = {"stream_interval_ms": config.stream_interval_ms,
+                 "max_hop_messages_per_s": config.max_hop_messages_per_s}
     handles: dict[str, Any] = {}
+    engines: list[dict[str, Any]] = []  # run inside the ingress
     cards: list[dict[str, Any]] = []
     for model in config.models:
-        engine = model.model_dump(exclude={"deployment"})
+        engine = model.model_dump(exclude={"deployment", "placement"})
         engine["path"] = resolve_path(model.path)
         engine["lora_modules"] = {k: resolve_path(v) for k, v in model.lora_modules.items()}
-        bound = RRRModel.options(**model.deployment.serve_options(f"RRRModel:{model.name}")).bind(
-            engine=engine, stream_interval_ms=config.stream_interval_ms,
-            max_hop_messages_per_s=config.max_hop_messages_per_s)
-        for name in model.served_names():
-            handles[name] = bound
+        if model.placement == "ingress":
+            engines.append(engine)
+        else:
+            bound = RRRModel.options(**model.deployment.serve_options(f"RRRModel:{model.name}")).bind(
+                engine=engine, **streaming)
+            handles.update((name, bound) for name in model.served_names())
         cards.append({"name": model.name, "root": model.path, "description": model.description})
         cards += [{"name": n, "root": p, "parent": model.name, "description": f"LoRA adapter on {model.name}"}
                   for n, p in model.lora_modules.items()]
-    ingress = RRRIngress.options(**config.ingress.serve_options("RRRIngress"))
+    ingress_options = config.ingress.serve_options("RRRIngress")
+    resources = ingress_options["ray_actor_options"]
+    for model in config.models:
+        if model.placement == "ingress":
+            resources["num_cpus"] = round(resources["num_cpus"] + model.deployment.num_cpus, 4)
+            resources["num_gpus"] = round(resources["num_gpus"] + model.deployment.num_gpus, 4)
+    ingress = RRRIngress.options(**ingress_options)
     if config.postprocessor.placement == "ingress":
-        return ingress.bind(cards, config.default_model, models=handles)
+        return ingress.bind(cards, config.default_model, models=handles, engines=engines, **streaming)
     postprocessor = RRRPostProcessor.options(**config.postprocessor.serve_options("RRRPostProcessor")).bind(handles)
     return ingress.bind(cards, config.default_model, postprocessor=postprocessor)

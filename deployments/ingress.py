@@ -1,16 +1,19 @@
-"""The ingress deployment: HTTP (FastAPI) in front of the post-processor.
+"""The ingress deployment: HTTP (FastAPI) in front of the post-processing.
 
-The post-processor is either a deployment of its own (``postprocessor``, a handle) or runs in
-this replica over the model handles (``models``): one Ray hop less per request.
+The post-processing is either a deployment of its own (``postprocessor``, a handle) or runs in
+this replica (``models``) over model deployments' handles and over the ``engines`` this replica
+runs itself (models with ``placement: ingress``: no Ray hop between HTTP and the engine).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Optional
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.model import ModelServer
 from deployments.postprocessor import PostProcessing, RemotePostProcessing
 from rrr_ray.serving.api import create_app, install_service
 from rrr_ray.serving.metrics import try_create_metrics
@@ -19,15 +22,26 @@ from rrr_ray.serving.service import RRRService, ServedModel
 app = create_app()
 
 
-@serve.deployment(name="RRRIngress", ray_actor_options={"num_cpus": 0.1})
+@serve.deployment(name="RRRIngress", ray_actor_options={"num_cpus": 0.1}, health_check_period_s=5)
 @serve.ingress(app)
 class RRRIngress:
-    def __init__(self, cards: list[dict], default_model: Optional[str],
-                 postprocessor: Optional[DeploymentHandle] = None,
-                 models: Optional[dict[str, DeploymentHandle]] = None) -> None:
-        if (postprocessor is None) == (models is None):
-            raise ValueError("give the ingress either a post-processor deployment or the model deployments")
-        self.postprocessing = PostProcessing(models) if models is not None else RemotePostProcessing(postprocessor)
+    async def __init__(self, cards: list[dict], default_model: Optional[str],
+                       postprocessor: Optional[DeploymentHandle] = None,
+                       models: Optional[dict[str, DeploymentHandle]] = None,
+                       engines: Optional[list[dict]] = None, stream_interval_ms: float = 20.0,
+                       max_hop_messages_per_s: float = 200.0) -> None:
+        """``engines``: configs (``EngineConfig`` fields) of the models this replica runs itself."""
+        if (postprocessor is None) == (not models and not engines):
+            raise ValueError("give the ingress either a post-processor deployment or the models")
+        if postprocessor is not None and engines:
+            raise ValueError("models in the ingress need the post-processor in the ingress too")
+        self.servers = [ModelServer(e, stream_interval_ms, max_hop_messages_per_s) for e in engines or []]
+        await asyncio.gather(*(s.start() for s in self.servers))
+        if postprocessor is not None:
+            self.postprocessing = RemotePostProcessing(postprocessor)
+        else:
+            local = {name: s for s in self.servers for name in s.config.served_names()}
+            self.postprocessing = PostProcessing({**(models or {}), **local})
         install_service(RRRService(
             stream=self.postprocessing.stream, health=self._health, models=[ServedModel(**m) for m in cards],
             default_model=default_model, metrics=try_create_metrics()))
@@ -37,3 +51,12 @@ class RRRIngress:
             return await self.postprocessing.health()
         except Exception as exc:
             return {"graph": {"error": f"{type(exc).__name__}: {exc}", "unfinished_requests": None}}
+
+    async def check_health(self) -> None:
+        """Serve's replica health check: a dead engine in this replica gets the replica restarted."""
+        for server in self.servers:
+            await server.check_health()
+
+    def __del__(self) -> None:
+        for server in getattr(self, "servers", []):
+            server.shutdown()

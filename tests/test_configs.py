@@ -37,19 +37,39 @@ def test_cpu_only_engine_settings_stay_out_of_the_gpu_variant():
     assert "RRR_VLLM_BUSY_LOOP_S" not in (gpu_env.get("env_vars") or {})
 
 
-def test_post_processor_runs_in_the_ingress_on_cpu_and_in_its_own_deployment_on_gpu():
+def test_stages_run_in_the_ingress_on_cpu_and_in_deployments_of_their_own_on_gpu():
     from ray.serve import Application
 
     cpu = AppArgs.model_validate(load_app_args(REPO / "serve_config.yaml"))
     gpu = AppArgs.model_validate(load_app_args(REPO / "serve_config.gpu.yaml"))
     assert cpu.postprocessor.placement == "ingress" and gpu.postprocessor.placement == "deployment"
+    assert {m.placement for m in cpu.models} == {"ingress"} and {m.placement for m in gpu.models} == {"deployment"}
     assert "placement" not in gpu.postprocessor.serve_options("RRRPostProcessor")
     with pytest.raises(ValueError, match="placement"):
         AppArgs.model_validate({"models": [{"name": "a", "path": "x"}], "postprocessor": {"placement": "model"}})
-    for placement, deployments in [("ingress", {"RRRIngress", "RRRModel:a"}),
-                                   ("deployment", {"RRRIngress", "RRRPostProcessor", "RRRModel:a"})]:
-        app: Application = build_app({"models": [{"name": "a", "path": "x"}], "postprocessor": {"placement": placement}})
+    with pytest.raises(ValueError, match="postprocessor.placement: ingress"):
+        AppArgs.model_validate({"models": [{"name": "a", "path": "x", "placement": "ingress"}],
+                                "postprocessor": {"placement": "deployment"}})
+    one = {"name": "a", "path": "x"}
+    for args, deployments in [
+            ({"postprocessor": {"placement": "ingress"}}, {"RRRIngress", "RRRModel:a"}),
+            ({"postprocessor": {"placement": "deployment"}}, {"RRRIngress", "RRRPostProcessor", "RRRModel:a"}),
+            ({"postprocessor": {"placement": "ingress"}, "models": [dict(one, placement="ingress")]}, {"RRRIngress"}),
+            ({"postprocessor": {"placement": "ingress"},
+              "models": [dict(one, placement="ingress"), {"name": "b", "path": "y"}]}, {"RRRIngress", "RRRModel:b"})]:
+        app: Application = build_app({"models": [one], **args})
         assert _deployment_names(app) == deployments
+
+
+def test_a_model_in_the_ingress_adds_its_resources_to_the_ingress():
+    app = build_app({"models": [{"name": "a", "path": "x", "placement": "ingress",
+                                 "deployment": {"num_cpus": 0.4, "num_gpus": 1}},
+                                {"name": "b", "path": "y", "placement": "ingress", "deployment": {"num_cpus": 0.2}}],
+                     "ingress": {"num_cpus": 0.1}, "postprocessor": {"placement": "ingress"}})
+    ingress = app._bound_deployment
+    assert ingress.ray_actor_options["num_cpus"] == 0.7 and ingress.ray_actor_options["num_gpus"] == 1
+    assert [e["name"] for e in ingress.init_kwargs["engines"]] == ["a", "b"]
+    assert "placement" not in ingress.init_kwargs["engines"][0] and ingress.init_kwargs["models"] == {}
 
 
 def _deployment_names(app) -> set[str]:

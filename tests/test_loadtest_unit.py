@@ -265,7 +265,7 @@ def test_seed_server_streams_ndjson_lines(seed_url):
 
 
 @pytest.mark.e2e
-def test_httpx_client_measures_the_seed_server(seed_url):
+def test_http_client_measures_the_seed_server(seed_url):
     from loadtest.client import closed_loop, generate_payload, http_client, stream_generate
 
     async def go():

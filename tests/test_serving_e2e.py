@@ -230,3 +230,46 @@ def test_post_processor_in_a_deployment_of_its_own(serve_url):
         assert failed[-1][1]["finished"] is True and "failed mid-stream" in failed[-1][1]["error"]
     finally:
         serve.delete("rrr-pp")
+
+
+def test_model_in_the_ingress_streams_cancels_and_is_replaced_when_its_engine_dies(serve_url):
+    """`placement: ingress` on a model (the CPU config's rrr-tiny): the engine runs in the ingress
+    replica. On the fake engine: a valid stream, a disconnect that aborts the request, and a dead
+    engine that fails the ingress's health check until Serve replaces the replica."""
+    from ray import serve
+
+    from deployments.app import build_app
+    from loadtest.client import wait_healthy
+    from tests.conftest import FAKE_MODEL
+
+    args = {"models": [dict(FAKE_MODEL, placement="ingress", deployment={"num_cpus": 0.02})],
+            "ingress": {"num_cpus": 0.02}, "postprocessor": {"placement": "ingress"}}
+    serve.run(build_app(args), name="rrr-local", route_prefix="/local", blocking=False)
+    url = f"{serve_url}/local"
+    try:
+        asyncio.run(wait_healthy(url, timeout=120))
+        lines = stream_lines(url, {"prompt": "hello", "stream": True, "max_new_tokens": 200})
+        final = lines[-1][1]
+        assert final["finished"] is True and final["validation"]["valid"] is True
+        assert final["validation"] == validate("".join(line["token"] for _, line in lines[:-1])).model_dump(mode="json")
+
+        body = {"prompt": PROMPT, "stream": True, "ignore_eos": True, "max_new_tokens": 900}
+        with httpx.stream("POST", f"{url}/generate", json=body, timeout=60) as r:
+            it = r.iter_lines()
+            for _ in range(3):
+                next(it)
+            assert unfinished(url, "fake") == 1
+        deadline = time.time() + 30
+        while unfinished(url, "fake") and time.time() < deadline:
+            time.sleep(0.2)
+        assert unfinished(url, "fake") == 0
+
+        assert httpx.post(f"{url}/generate", json={"prompt": "[kill-engine]"}, timeout=60).status_code == 500
+        assert httpx.get(f"{url}/health", timeout=30).status_code == 503
+        deadline = time.time() + 120
+        while httpx.get(f"{url}/health", timeout=30).status_code != 200 and time.time() < deadline:
+            time.sleep(1)
+        assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+        assert stream_lines(url, {"prompt": "again", "stream": True})[-1][1]["validation"]["valid"] is True
+    finally:
+        serve.delete("rrr-local")

@@ -8,6 +8,8 @@ import json
 import httpx
 import pytest
 
+from deployments.model import ModelServer
+from deployments.postprocessor import PostProcessing
 from rrr_ray import validate
 from rrr_ray.serving.api import create_app
 from rrr_ray.serving.batching import batched
@@ -19,21 +21,13 @@ from rrr_ray.serving.streams import SectionLabeler, model_stream, postprocess
 
 
 def make_service(interval: float = 0.0, max_model_len: int = 512) -> tuple[RRRService, FakeEngine]:
-    engine = FakeEngine(EngineConfig(name="fake", path="-", max_model_len=max_model_len,
-                                     engine_kwargs={"token_interval_s": interval}))
-
-    def stream(request: EngineRequest, with_repair: bool):
-        return postprocess(model_stream(engine, request, 0.01), with_repair)
-
-    async def health():
-        try:
-            await engine.check_health()
-            error = None
-        except Exception as exc:
-            error = str(exc)
-        return {"fake": {"error": error, "unfinished_requests": engine.num_unfinished_requests()}}
-
-    return RRRService(stream, health, [ServedModel("fake", "-")]), engine
+    """The ingress's in-process path without Ray: ``PostProcessing`` over a ``ModelServer``
+    (as with ``placement: ingress``), on the fake engine."""
+    server = ModelServer({"name": "fake", "path": "-", "engine_class": "rrr_ray.serving.fake_engine:FakeEngine",
+                          "max_model_len": max_model_len, "engine_kwargs": {"token_interval_s": interval}},
+                         stream_interval_ms=10, max_hop_messages_per_s=0)
+    postprocessing = PostProcessing({"fake": server})
+    return RRRService(postprocessing.stream, postprocessing.health, [ServedModel("fake", "-")]), server.engine
 
 
 def client(service: RRRService) -> httpx.AsyncClient:
@@ -299,3 +293,20 @@ def test_batched_reads_a_callable_window_per_batch():
         return [b async for b in batched(_ticker(10, 0.001), interval_s=window)]
     batches = run(main())
     assert [i for b in batches for i in b] == list(range(10)) and calls
+
+
+def test_closing_the_in_process_stream_aborts_the_request_in_the_engine():
+    """A client that goes away closes the post-processing stream; with the model in the same
+    process (``placement: ingress``) that must reach the engine without a Ray cancellation."""
+    service, engine = make_service(interval=0.01)
+
+    async def main():
+        request = service.engine_request(None, [{"role": "user", "content": "hi"}],
+                                         SamplingOptions(max_new_tokens=500, ignore_eos=True), guided=False)
+        stream = service.stream(request, False)
+        first = await stream.__anext__()
+        assert first.tokens and engine.running == 1
+        await stream.aclose()
+        assert engine.running == 0
+
+    run(main())

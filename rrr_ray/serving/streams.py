@@ -8,6 +8,7 @@ Errors travel as data (a chunk with ``error``), so every hop ends its stream cle
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -54,14 +55,16 @@ async def model_stream(engine: Engine, request: EngineRequest,
     start = time.perf_counter()
     first = True
     try:
-        async for outputs in batched(engine.generate(request), interval_s):
-            now = time.perf_counter()
-            last = outputs[-1]
-            yield ModelChunk(
-                text=[o.text for o in outputs], num_tokens=sum(o.num_tokens for o in outputs),
-                input_tokens=last.input_tokens, finished=last.finished, finish_reason=last.finish_reason,
-                engine_ttft_s=now - start if first else None, engine_time_s=now - start if last.finished else None)
-            first = False
+        async with contextlib.aclosing(batched(engine.generate(request), interval_s)) as batches:
+            async for outputs in batches:
+                now = time.perf_counter()
+                last = outputs[-1]
+                yield ModelChunk(
+                    text=[o.text for o in outputs], num_tokens=sum(o.num_tokens for o in outputs),
+                    input_tokens=last.input_tokens, finished=last.finished, finish_reason=last.finish_reason,
+                    engine_ttft_s=now - start if first else None,
+                    engine_time_s=now - start if last.finished else None)
+                first = False
     except BadRequestError as exc:
         yield ModelChunk(finished=True, error=str(exc), status=exc.status if first else None)
     except EngineError as exc:
