@@ -112,12 +112,16 @@ def build_app(args: dict[str, Any]) -> Application:
     handles: dict[str, Any] = {}
     engines: list[dict[str, Any]] = []  # run inside the ingress
     cards: list[dict[str, Any]] = []
+    ingress_options = config.ingress.serve_options("RRRIngress")
+    resources = ingress_options["ray_actor_options"]
     for model in config.models:
         engine = model.model_dump(exclude={"deployment", "placement"})
         engine["path"] = resolve_path(model.path)
         engine["lora_modules"] = {k: resolve_path(v) for k, v in model.lora_modules.items()}
         if model.placement == "ingress":
             engines.append(engine)
+            resources["num_cpus"] = round(resources["num_cpus"] + model.deployment.num_cpus, 4)
+            resources["num_gpus"] = round(resources["num_gpus"] + model.deployment.num_gpus, 4)
         else:
             bound = RRRModel.options(**model.deployment.serve_options(f"RRRModel:{model.name}")).bind(
                 engine=engine, **streaming)
@@ -125,12 +129,6 @@ def build_app(args: dict[str, Any]) -> Application:
         cards.append({"name": model.name, "root": model.path, "description": model.description})
         cards += [{"name": n, "root": p, "parent": model.name, "description": f"LoRA adapter on {model.name}"}
                   for n, p in model.lora_modules.items()]
-    ingress_options = config.ingress.serve_options("RRRIngress")
-    resources = ingress_options["ray_actor_options"]
-    for model in config.models:
-        if model.placement == "ingress":
-            resources["num_cpus"] = round(resources["num_cpus"] + model.deployment.num_cpus, 4)
-            resources["num_gpus"] = round(resources["num_gpus"] + model.deployment.num_gpus, 4)
     ingress = RRRIngress.options(**ingress_options)
     if config.postprocessor.placement == "ingress":
         return ingress.bind(cards, config.default_model, models=handles, engines=engines, **streaming)

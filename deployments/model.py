@@ -55,9 +55,6 @@ class ModelServer:
             error = str(exc)
         return {"error": error, "unfinished_requests": self.engine.num_unfinished_requests()}
 
-    def num_unfinished_requests(self) -> int:
-        return self.engine.num_unfinished_requests()
-
     def shutdown(self) -> None:
         engine, self.engine = getattr(self, "engine", None), None
         if engine is not None:
