@@ -4,6 +4,7 @@ failure paths). One graph for the whole session (the ``serve_url`` fixture)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
@@ -32,6 +33,46 @@ def stream_lines(url: str, body: dict, timeout: float = 120) -> list[tuple[float
 
 def unfinished(url: str, model: str) -> int:
     return httpx.get(f"{url}/health", timeout=30).json()["unfinished_requests"][model]
+
+
+def health_status(url: str) -> int:
+    return httpx.get(f"{url}/health", timeout=30).status_code
+
+
+def wait_until(condition, timeout: float, interval: float) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass; its last value."""
+    deadline = time.time() + timeout
+    while not condition() and time.time() < deadline:
+        time.sleep(interval)
+    return condition()
+
+
+def assert_disconnect_cancels(url: str, model: str) -> None:
+    """A client reads three lines of a 900-token reply and leaves: the engine must drop the request."""
+    body = {"prompt": PROMPT, "model": model, "stream": True, "ignore_eos": True, "max_new_tokens": 900}
+    with httpx.stream("POST", f"{url}/generate", json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        for _ in range(3):
+            next(lines)
+        assert unfinished(url, model) == 1  # still generating
+    assert wait_until(lambda: unfinished(url, model) == 0, timeout=30, interval=0.2)
+
+
+@contextlib.contextmanager
+def extra_app(serve_url: str, name: str, route_prefix: str, args: dict):
+    """A second application beside the session's graph, built from ``args``; yields its URL."""
+    from ray import serve
+
+    from deployments.app import build_app
+    from loadtest.client import wait_healthy
+
+    serve.run(build_app(args), name=name, route_prefix=route_prefix, blocking=False)
+    url = f"{serve_url}{route_prefix}"
+    try:
+        asyncio.run(wait_healthy(url, timeout=120))
+        yield url
+    finally:
+        serve.delete(name)
 
 
 def test_health_and_models(serve_url):
@@ -134,17 +175,7 @@ def test_engine_error_mid_stream_ends_cleanly(serve_url):
 @pytest.mark.parametrize("model", ["fake", "rrr-tiny-base"])
 def test_client_disconnect_cancels_the_request_in_the_engine(serve_url, model):
     assert unfinished(serve_url, model) == 0
-    body = {"prompt": PROMPT, "model": model, "stream": True, "ignore_eos": True, "max_new_tokens": 900}
-    with httpx.stream("POST", f"{serve_url}/generate", json=body, timeout=60) as r:
-        lines = r.iter_lines()
-        for _ in range(3):
-            next(lines)
-        assert unfinished(serve_url, model) == 1  # still generating
-    # the client is gone: the engine must drop the request long before 900 tokens
-    deadline = time.time() + 30
-    while unfinished(serve_url, model) and time.time() < deadline:
-        time.sleep(0.2)
-    assert unfinished(serve_url, model) == 0
+    assert_disconnect_cancels(serve_url, model)
 
 
 def test_dead_engine_makes_health_503_until_serve_replaces_it(serve_url):
@@ -153,10 +184,7 @@ def test_dead_engine_makes_health_503_until_serve_replaces_it(serve_url):
     health = httpx.get(f"{serve_url}/health", timeout=30)
     assert health.status_code == 503
     assert health.json()["model_loaded"] is False and health.json()["models"]["fake"] is False
-    deadline = time.time() + 90
-    while httpx.get(f"{serve_url}/health", timeout=30).status_code != 200 and time.time() < deadline:
-        time.sleep(1)
-    assert httpx.get(f"{serve_url}/health", timeout=30).status_code == 200
+    assert wait_until(lambda: health_status(serve_url) == 200, timeout=90, interval=1)
 
 
 @pytest.mark.parametrize("flags", [["--stream"], ["--guided", "--model", "rrr-tiny-base", "--max-new-tokens", "600"]])
@@ -207,18 +235,11 @@ def test_post_processor_in_a_deployment_of_its_own(serve_url):
     """The GPU config's placement (`postprocessor.placement: deployment`): the same streams, with
     the post-processor in replicas of its own. A second application beside the session's graph,
     on the fake engine."""
-    from ray import serve
-
-    from deployments.app import build_app
-    from loadtest.client import wait_healthy
     from tests.conftest import FAKE_MODEL
 
     args = {"models": [dict(FAKE_MODEL, deployment={"num_cpus": 0.02, "num_replicas": 1})],
             "ingress": {"num_cpus": 0.02}, "postprocessor": {"placement": "deployment", "num_cpus": 0.02}}
-    serve.run(build_app(args), name="rrr-pp", route_prefix="/pp", blocking=False)
-    url = f"{serve_url}/pp"
-    try:
-        asyncio.run(wait_healthy(url, timeout=120))
+    with extra_app(serve_url, "rrr-pp", "/pp", args) as url:
         assert httpx.get(f"{url}/health", timeout=30).json()["models"] == {"fake": True}
         lines = stream_lines(url, {"prompt": "hello", "stream": True, "max_new_tokens": 200})
         final = lines[-1][1]
@@ -228,48 +249,25 @@ def test_post_processor_in_a_deployment_of_its_own(serve_url):
         assert {"react", "respond", "reflect"} <= {line["section"] for _, line in lines[:-1]}
         failed = stream_lines(url, {"prompt": "go [fail-after:6]", "stream": True})
         assert failed[-1][1]["finished"] is True and "failed mid-stream" in failed[-1][1]["error"]
-    finally:
-        serve.delete("rrr-pp")
 
 
 def test_model_in_the_ingress_streams_cancels_and_is_replaced_when_its_engine_dies(serve_url):
     """`placement: ingress` on a model (the CPU config's rrr-tiny): the engine runs in the ingress
     replica. On the fake engine: a valid stream, a disconnect that aborts the request, and a dead
     engine that fails the ingress's health check until Serve replaces the replica."""
-    from ray import serve
-
-    from deployments.app import build_app
-    from loadtest.client import wait_healthy
     from tests.conftest import FAKE_MODEL
 
     args = {"models": [dict(FAKE_MODEL, placement="ingress", deployment={"num_cpus": 0.02})],
             "ingress": {"num_cpus": 0.02}, "postprocessor": {"placement": "ingress"}}
-    serve.run(build_app(args), name="rrr-local", route_prefix="/local", blocking=False)
-    url = f"{serve_url}/local"
-    try:
-        asyncio.run(wait_healthy(url, timeout=120))
+    with extra_app(serve_url, "rrr-local", "/local", args) as url:
         lines = stream_lines(url, {"prompt": "hello", "stream": True, "max_new_tokens": 200})
         final = lines[-1][1]
         assert final["finished"] is True and final["validation"]["valid"] is True
         assert final["validation"] == validate("".join(line["token"] for _, line in lines[:-1])).model_dump(mode="json")
 
-        body = {"prompt": PROMPT, "stream": True, "ignore_eos": True, "max_new_tokens": 900}
-        with httpx.stream("POST", f"{url}/generate", json=body, timeout=60) as r:
-            it = r.iter_lines()
-            for _ in range(3):
-                next(it)
-            assert unfinished(url, "fake") == 1
-        deadline = time.time() + 30
-        while unfinished(url, "fake") and time.time() < deadline:
-            time.sleep(0.2)
-        assert unfinished(url, "fake") == 0
+        assert_disconnect_cancels(url, "fake")
 
         assert httpx.post(f"{url}/generate", json={"prompt": "[kill-engine]"}, timeout=60).status_code == 500
-        assert httpx.get(f"{url}/health", timeout=30).status_code == 503
-        deadline = time.time() + 120
-        while httpx.get(f"{url}/health", timeout=30).status_code != 200 and time.time() < deadline:
-            time.sleep(1)
-        assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+        assert health_status(url) == 503
+        assert wait_until(lambda: health_status(url) == 200, timeout=120, interval=1)
         assert stream_lines(url, {"prompt": "again", "stream": True})[-1][1]["validation"]["valid"] is True
-    finally:
-        serve.delete("rrr-local")
