@@ -31,8 +31,8 @@ model: install ## rebuild the embedded demo model from scratch (base + fine-tune
 bench: install ## format-core throughput benchmark
 	$(BIN)/python -m loadtest.bench_format --output out/bench
 
-compare: install ## engine vs rrr-ray graph vs seed-style server, median of 3 rounds (out/compare/compare.json)
-	$(BIN)/python -m loadtest.compare --model models/rrr-tiny --requests-per-level 96 --rounds 3 --output out/compare
+compare: install ## engine vs rrr-ray graph (5 paired rounds, median) vs seed-style server (out/compare/compare.json)
+	$(BIN)/python -m loadtest.compare --model models/rrr-tiny --rounds 5 --output out/compare
 
 loadtest: install ## Locust at 1, 4 and 16 users against a running `make serve`
 	$(BIN)/python -m loadtest.run --host http://127.0.0.1:8000 --users 1,4,16 --duration 60s --output out/load

@@ -1,21 +1,31 @@
 """Side-by-side benchmark, one run, same model and prompts: engine vs rrr-ray graph vs seed-style server.
 
-    python -m loadtest.compare --model models/rrr-tiny --output out/compare [--serve-url URL]
+    python -m loadtest.compare --model models/rrr-tiny --rounds 5 --output out/compare [--serve-url URL]
 
-Systems, measured one at a time (the cores are few) at each concurrency (closed loop: N clients
-issue requests back to back, ``--requests-per-level`` in all, default ``max(8, 2N)``), all with
-the same chat prompts, greedy decoding and a fixed ``--max-tokens`` with ``ignore_eos`` so that
-every request yields the same number of tokens:
+Systems, all with the same chat prompts, greedy decoding and a fixed ``--max-tokens`` with
+``ignore_eos`` so that every request yields the same number of tokens, each level a closed loop
+(N clients issue requests back to back, as ``vllm bench serve --max-concurrency``):
 
-* **a / engine**: vLLM ``AsyncLLM`` in-process (:mod:`loadtest.engine_bench`, a subprocess): the limit;
+* **a / engine**: vLLM ``AsyncLLM`` in-process (:mod:`loadtest.engine_bench --interactive`, a
+  subprocess that keeps its engine up): the limit;
 * **b / serve**: the rrr-ray Serve graph over HTTP, streaming ``POST /generate`` (NDJSON). Given by
-  ``--serve-url`` of a running graph, else started with ``rrr_ray.serving.launch`` when that exists;
+  ``--serve-url`` of a running graph, else started with ``rrr_ray.serving.launch``;
 * **c / seed**: :mod:`loadtest.seed_server` (FastAPI + transformers ``generate`` +
   ``TextIteratorStreamer``, as the seed's ``simple_api.py``), its own process on a free port.
 
+(a) and (b) are up together and measured in pairs: every round runs each level on (a) and on (b)
+back to back, seconds apart, (a) first in odd rounds and (b) first in even ones, so that the
+machine's drift (large on shared cores) falls on both sides of each ratio. Only one of them works
+at a time; the other idles (on a single GPU, give each half the memory, or run them apart with
+``--skip``). Each block starts with ``c`` unmeasured requests (connections open, engine warm) and
+runs ``max(96, 40 c)`` measured requests unless ``--requests-per-level`` says otherwise, so that
+the ramp-up and the tail of a closed loop weigh little against its steady state. (c) runs once,
+alone, afterwards (at most 96 requests per level: it is slow).
+
 Writes ``compare.json``: ``throughput_ratio_vs_engine_c16`` (b/a output tok/s at 16),
 ``ttft_overhead_ms_p50_c1`` (b minus a, TTFT p50 at 1), ``throughput_ratio_vs_seed_c16`` (b/c),
-``seed_ratio_vs_engine_c16`` (c/a), the targets and whether they hold, and every system's full
+``seed_ratio_vs_engine_c16`` (c/a), from the round with the median b/a at the highest level, every
+round's figures, the targets and whether they hold, and every system's full
 :func:`loadtest.metrics.summarize` per level; prints a table.
 """
 
@@ -26,11 +36,13 @@ import asyncio
 import contextlib
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from loadtest.metrics import RequestRecord, summarize
 from rrr_ray.serving.launch import free_port
@@ -45,70 +57,128 @@ TARGETS = {
 }
 
 
+SEED_MAX_REQUESTS = 96  # (c) decodes one request at a time per thread: keep its levels short
+
+
 def requests_for(c: int, per_level: int | None) -> int:
-    return per_level if per_level else max(8, 2 * c)
+    """Measured requests at concurrency ``c``: the given number, else ``max(96, 40 c)`` (40 per client)."""
+    return per_level if per_level else max(96, 40 * c)
 
 
 # --- (a) the engine ------------------------------------------------------------------------
 
-def run_engine(args, levels: list[int], out: Path) -> dict[str, Any]:
-    rec_file = out / "engine_records.json"
-    cmd = [sys.executable, "-m", "loadtest.engine_bench", "--model", args.model, "--concurrency",
-           ",".join(map(str, levels)), "--max-tokens", str(args.max_tokens), "--out", str(rec_file),
-           "--warmup", str(args.warmup)]
-    if args.requests_per_level:
-        cmd += ["--requests-per-level", str(args.requests_per_level)]
-    if args.prompts:
-        cmd += ["--prompts", args.prompts]
-    for ea in args.engine_arg:
-        cmd += ["--engine-arg", ea]
-    env = dict(os.environ)
-    for key, value in graph_env().items():  # the graph's engine environment (this process's values win)
-        env.setdefault(key, value)
-    print(f"[compare] (a) engine: {' '.join(cmd[2:])}", flush=True)
-    with open(out / "engine.log", "w") as log:
-        proc = subprocess.run(cmd, cwd=str(REPO), env=env, stdout=log, stderr=subprocess.STDOUT,
-                              timeout=args.timeout)
-    if proc.returncode != 0 or not rec_file.exists():
-        raise RuntimeError(f"engine benchmark failed (exit {proc.returncode}); see {out / 'engine.log'}")
-    data = json.loads(rec_file.read_text())
-    levels_out = {}
-    for c, lv in data["levels"].items():
-        recs = [RequestRecord.from_dict(r) for r in lv["records"]]
-        levels_out[c] = summarize(recs, lv["wall_s"])
-    return {"startup_s": data["startup_s"], "engine_args": data["engine_args"], "levels": levels_out}
+class EngineProcess:
+    """System (a): ``loadtest.engine_bench --interactive`` in a subprocess, one level per call.
+
+    Its stdout carries the engine's logs (copied to ``log_path``) and, marked, the replies."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], log_path: Path, timeout: float) -> None:
+        from loadtest.engine_bench import REPLY
+
+        self.reply_prefix = REPLY
+        self.timeout = timeout
+        self.log_path = log_path
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen(cmd, cwd=str(REPO), env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        try:
+            self.startup_s = self._reply()["startup_s"]
+        except RuntimeError:
+            self.close()
+            raise
+
+    @classmethod
+    def start(cls, args, out: Path) -> "EngineProcess":
+        cmd = [sys.executable, "-m", "loadtest.engine_bench", "--interactive", "--model", args.model,
+               "--max-tokens", str(args.max_tokens), "--warmup", str(args.warmup)]
+        if args.prompts:
+            cmd += ["--prompts", args.prompts]
+        for ea in args.engine_arg:
+            cmd += ["--engine-arg", ea]
+        env = dict(os.environ)
+        for key, value in graph_env(args.config).items():  # the graph's engine environment (ours win)
+            env.setdefault(key, value)
+        print(f"[compare] (a) engine: {' '.join(cmd[2:])}", flush=True)
+        return cls(cmd, env, out / "engine.log", args.timeout)
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def _reply(self) -> dict[str, Any]:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise RuntimeError(f"engine benchmark silent for {self.timeout:.0f} s; see {self.log_path}") from None
+            if line is None:
+                raise RuntimeError(f"engine benchmark exited ({self.proc.wait()}); see {self.log_path}")
+            if line.startswith(self.reply_prefix):
+                return json.loads(line[len(self.reply_prefix):])
+            self.log.write(line)
+
+    def level(self, c: int, n: int, warmup: int) -> dict[str, Any]:
+        self.proc.stdin.write(json.dumps({"concurrency": c, "requests": n, "warmup": warmup}) + "\n")
+        self.proc.stdin.flush()
+        data = self._reply()
+        summary = summarize([RequestRecord.from_dict(r) for r in data["records"]], data["wall_s"])
+        print(f"[compare] (engine) c={c}: {summary['completed']}/{n} ok, {summary['output_throughput']:.1f} tok/s, "
+              f"TTFT p50 {summary['ttft_ms']['p50']:.1f} ms", flush=True)
+        return summary
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.log.closed:
+            return
+        with contextlib.suppress(queue.Empty):  # the engine's last log lines (the reader may still be adding)
+            while (line := self.lines.get(timeout=1.0)) is not None:
+                self.log.write(line)
+        self.log.close()
 
 
 # --- (b), (c) over HTTP --------------------------------------------------------------------
 
-async def measure_http(base_url: str, label: str, args, levels: list[int], prompts: list[str]) -> dict[str, Any]:
+async def probe_ignore_eos(base_url: str, label: str, args, prompts: list[str]) -> tuple[bool, list[str]]:
+    """Whether ``/generate`` takes ``ignore_eos`` (the seed-style server may refuse unknown fields)."""
+    from loadtest.client import generate_payload, http_client, stream_generate
+
+    async with http_client(1) as client:
+        probe = await stream_generate(client, f"{base_url}/generate",
+                                      generate_payload(prompts[0], args.max_tokens, ignore_eos=True))
+    if not probe.success and "HTTP 4" in probe.error:
+        return False, [f"{label}: /generate refused ignore_eos ({probe.error[:120]}); sent without it"]
+    return True, []
+
+
+async def measure_http_level(base_url: str, label: str, args, c: int, n: int, warmup: int, prompts: list[str],
+                             ignore_eos: bool) -> dict[str, Any]:
+    """One level over HTTP: ``warmup`` unmeasured requests at concurrency ``c`` (connections opened),
+    then ``n`` measured ones."""
     from loadtest.client import closed_loop, generate_payload, http_client, stream_generate
 
     url = f"{base_url}/generate"
-    ignore_eos = True
-    notes = []
-    async with http_client(max(levels)) as client:
-        probe = await stream_generate(client, url, generate_payload(prompts[0], args.max_tokens, ignore_eos=True))
-        if not probe.success and ("HTTP 4" in probe.error):
-            ignore_eos = False
-            notes.append(f"{label}: /generate refused ignore_eos ({probe.error[:120]}); sent without it")
-        for i in range(args.warmup):
-            await stream_generate(client, url, generate_payload(prompts[i % len(prompts)], args.max_tokens,
-                                                                ignore_eos=ignore_eos))
-        out: dict[str, Any] = {}
-        for c in levels:
-            n = requests_for(c, args.requests_per_level)
+    async with http_client(c) as client:
+        async def make(i: int):
+            return await stream_generate(client, url, generate_payload(
+                prompts[i % len(prompts)], args.max_tokens, ignore_eos=ignore_eos), users=c)
 
-            async def make(i: int, c=c):
-                return await stream_generate(client, url, generate_payload(
-                    prompts[i % len(prompts)], args.max_tokens, ignore_eos=ignore_eos), users=c)
-
-            records, wall = await closed_loop(make, c, n)
-            out[str(c)] = summarize(records, wall)
-            s = out[str(c)]
-            print(f"[compare] ({label}) c={c}: {s['completed']}/{n} ok, {s['output_throughput']:.1f} tok/s, "
-                  f"TTFT p50 {s['ttft_ms']['p50']:.1f} ms", flush=True)
-    return {"levels": out, "ignore_eos": ignore_eos, "notes": notes}
+        if warmup:
+            await closed_loop(make, c, warmup)
+        records, wall = await closed_loop(make, c, n)
+    s = summarize(records, wall)
+    print(f"[compare] ({label}) c={c}: {s['completed']}/{n} ok, {s['output_throughput']:.1f} tok/s, "
+          f"TTFT p50 {s['ttft_ms']['p50']:.1f} ms", flush=True)
+    return s
 
 
 @contextlib.contextmanager
@@ -129,11 +199,12 @@ def seed_server(model: str, log_path: Path, env: dict[str, str] | None = None):
         log.close()
 
 
-def graph_args(model: str) -> dict[str, Any]:
-    """serve_config.yaml's application args, serving only its first model, from ``model``."""
-    from rrr_ray.serving.launch import load_app_args
+def graph_args(model: str, config: Optional[str] = None) -> dict[str, Any]:
+    """The application args of ``config`` (default serve_config.yaml), serving only its first model,
+    from ``model``."""
+    from rrr_ray.serving.launch import DEFAULT_CONFIG, load_app_args
 
-    app = load_app_args()
+    app = load_app_args(Path(config or DEFAULT_CONFIG))
     first = dict(app["models"][0])
     first["path"] = model
     app["models"] = [first]
@@ -141,21 +212,26 @@ def graph_args(model: str) -> dict[str, Any]:
     return app
 
 
-def graph_env() -> dict[str, str]:
-    """serve_config.yaml's ``runtime_env.env_vars``: (a) and (b) run their engines with them."""
-    from rrr_ray.serving.launch import load_app_env
+def graph_env(config: Optional[str] = None) -> dict[str, str]:
+    """The config's ``runtime_env.env_vars`` (default serve_config.yaml): (a) and (b) run their engines
+    with them."""
+    from rrr_ray.serving.launch import DEFAULT_CONFIG, load_app_env
 
     try:
-        return load_app_env()
+        return load_app_env(Path(config or DEFAULT_CONFIG))
     except (OSError, ValueError):
         return {}
 
 
 def engine_args_from_graph(app: dict[str, Any]) -> list[str]:
-    """The graph's engine settings as ``--engine-arg`` pairs for (a), so both run the same engine."""
-    m = app["models"][0]
-    pairs = {k: m[k] for k in ("dtype", "max_model_len", "max_num_seqs", "enforce_eager") if k in m}
-    pairs.update(m.get("engine_kwargs") or {})
+    """The graph's engine settings as ``--engine-arg`` pairs for (a), so both run the same engine
+    (``EngineConfig.vllm_engine_args``, which the graph's engine uses, less the model's path and name)."""
+    from rrr_ray.serving.engine import EngineConfig
+
+    fields = {k: v for k, v in app["models"][0].items() if k in EngineConfig.model_fields}
+    pairs = EngineConfig(**fields).vllm_engine_args()
+    for own in ("model", "served_model_name"):
+        pairs.pop(own)
     return [f"{k}={json.dumps(v)}" for k, v in pairs.items()]
 
 
@@ -168,7 +244,7 @@ def serve_graph(args):
         return
     from rrr_ray.serving.launch import start_graph, stop_graph
 
-    app = graph_args(args.model)
+    app = graph_args(args.model, args.config)
     for kv in args.graph_arg:
         k, _, v = kv.partition("=")
         try:
@@ -177,7 +253,7 @@ def serve_graph(args):
             app[k] = v
     print(f"[compare] (b) starting the graph: {json.dumps(app)}", flush=True)
     try:
-        url = start_graph(app, timeout_s=args.timeout, env=graph_env())
+        url = start_graph(app, timeout_s=args.timeout, env=graph_env(args.config))
     except Exception as exc:
         with contextlib.suppress(Exception):
             stop_graph()
@@ -265,20 +341,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="models/rrr-tiny")
     ap.add_argument("--output", default="out/compare")
     ap.add_argument("--concurrency", default="1,4,16")
-    ap.add_argument("--requests-per-level", type=int, default=None, help="default max(8, 2*concurrency)")
+    ap.add_argument("--requests-per-level", type=int, default=None,
+                    help="measured requests per level and system (default max(96, 40*concurrency); (c) at most 96)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--prompts", default=None)
     ap.add_argument("--warmup", type=int, default=2, help="unmeasured requests per system before measuring")
     ap.add_argument("--skip", default="", help="systems to skip, e.g. b or a,c (a engine, b serve, c seed)")
     ap.add_argument("--serve-url", default=None, help="base URL of a running rrr-ray graph serving --model")
+    ap.add_argument("--config", default=None,
+                    help="serve config whose first model's settings (b) and (a) use (default: serve_config.yaml)")
     ap.add_argument("--engine-arg", action="append", default=[],
                     help="AsyncEngineArgs key=value for (a) (default: the graph's settings from serve_config.yaml)")
     ap.add_argument("--graph-arg", action="append", default=[],
                     help="override an app arg of the graph started for (b), e.g. stream_interval_ms=0")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds allowed to each system")
     ap.add_argument("--rounds", type=int, default=1,
-                    help="run (a) then (b) this many times, back to back; the report's figures are the round "
-                         "with the median b/a at the highest level, and every round is listed (the machine drifts)")
+                    help="paired rounds: each runs every level on (a) and (b) back to back; the report's figures "
+                         "are the round with the median b/a at the highest level, and every round is listed")
+    ap.add_argument("--settle-s", type=float, default=1.0,
+                    help="pause before each measured block, so that the other system's engine is idle")
     args = ap.parse_args(argv)
     if args.rounds < 1:
         print("error: --rounds must be at least 1", file=sys.stderr)
@@ -296,38 +377,59 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.engine_arg:
         try:
-            args.engine_arg = engine_args_from_graph(graph_args(args.model))
+            args.engine_arg = engine_args_from_graph(graph_args(args.model, args.config))
         except (ImportError, OSError, ValueError, KeyError) as exc:
             print(f"[compare] serve_config.yaml not usable ({exc}); engine defaults for (a)", file=sys.stderr)
     systems: dict[str, Any] = {}
     errors: dict[str, str] = {}
     t_start = time.time()
-    rounds: list[dict[str, Any]] = []
-    for i in range(args.rounds):
-        here: dict[str, Any] = {}
-        rdir = out if args.rounds == 1 else out / f"round{i + 1}"
-        rdir.mkdir(parents=True, exist_ok=True)
-        tag = "" if args.rounds == 1 else f" (round {i + 1})"
+    rounds: list[dict[str, Any]] = [{} for _ in range(args.rounds)]
+    with contextlib.ExitStack() as stack:
+        blocks: dict[str, Any] = {}  # system name -> function(c, n, warmup) measuring one level
+        meta: dict[str, dict[str, Any]] = {}  # system name -> what the report says of it besides its levels
         if "a" not in skip:
             try:
-                here["engine"] = run_engine(args, levels, rdir)
-            except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                errors["engine" + tag] = str(exc)
+                engine = EngineProcess.start(args, out)
+                stack.callback(engine.close)
+                blocks["engine"] = engine.level
+                meta["engine"] = {"startup_s": engine.startup_s, "engine_args": args.engine_arg}
+            except (RuntimeError, OSError) as exc:
+                errors["engine"] = str(exc)
         if "b" not in skip:
             try:
-                with serve_graph(args) as url:
-                    asyncio.run(wait_healthy(url, timeout=60))
-                    here["serve"] = {"url": url, **asyncio.run(measure_http(url, "serve", args, levels, prompts))}
+                url = stack.enter_context(serve_graph(args))
+                asyncio.run(wait_healthy(url, timeout=60))
+                ignore_eos, notes = asyncio.run(probe_ignore_eos(url, "serve", args, prompts))
+                meta["serve"] = {"url": url, "ignore_eos": ignore_eos, "notes": notes}
+                blocks["serve"] = lambda c, n, w, url=url, ie=ignore_eos: asyncio.run(
+                    measure_http_level(url, "serve", args, c, n, w, prompts, ie))
             except (RuntimeError, TimeoutError, OSError, ImportError) as exc:
-                errors["serve" + tag] = str(exc)
-        rounds.append(here)
+                errors["serve"] = str(exc)
+        for i, here in enumerate(rounds):
+            print(f"[compare] round {i + 1} of {args.rounds}", flush=True)
+            for c in levels:
+                order = list(blocks) if i % 2 == 0 else list(reversed(blocks))
+                for name in order:
+                    time.sleep(args.settle_s)
+                    try:
+                        level = blocks[name](c, requests_for(c, args.requests_per_level), c)
+                    except (RuntimeError, OSError) as exc:
+                        errors[f"{name} (round {i + 1}, c={c})"] = str(exc)
+                        continue
+                    here.setdefault(name, {"levels": {}})["levels"][str(c)] = level
     picked = median_round(rounds, levels)
-    systems.update(rounds[picked])
+    systems.update({name: {**meta.get(name, {}), **sys_} for name, sys_ in rounds[picked].items()})
     if "c" not in skip:
         try:
             with seed_server(args.model, out / "seed_server.log") as (url, proc):
                 asyncio.run(wait_healthy(url, timeout=180, proc=proc))
-                systems["seed"] = {"url": url, **asyncio.run(measure_http(url, "seed", args, levels, prompts))}
+                ignore_eos, notes = asyncio.run(probe_ignore_eos(url, "seed", args, prompts))
+                seed_levels = {}
+                for c in levels:
+                    n = min(requests_for(c, args.requests_per_level), SEED_MAX_REQUESTS)
+                    seed_levels[str(c)] = asyncio.run(
+                        measure_http_level(url, "seed", args, c, n, args.warmup, prompts, ignore_eos))
+                systems["seed"] = {"url": url, "levels": seed_levels, "ignore_eos": ignore_eos, "notes": notes}
         except (RuntimeError, TimeoutError, OSError) as exc:
             errors["seed"] = str(exc)
 
@@ -337,9 +439,15 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": time.time() - t_start,
         "config": {"model": args.model, "concurrency": levels, "max_tokens": args.max_tokens,
                    "requests_per_level": {str(c): requests_for(c, args.requests_per_level) for c in levels},
+                   "seed_requests_per_level": {str(c): min(requests_for(c, args.requests_per_level),
+                                                           SEED_MAX_REQUESTS) for c in levels},
+                   "rounds": args.rounds, "schedule": "paired: each level on (a) and (b) back to back, "
+                                                     "(a) first in odd rounds, (b) first in even ones",
                    "temperature": 0.0, "ignore_eos": True, "prompts": args.prompts or str(HERE / "prompts.txt"),
                    "endpoint_b_c": "/generate (NDJSON stream)", "cpus": os.cpu_count(),
-                   "engine_env": {k: os.environ.get(k, v) for k, v in graph_env().items() if k.startswith("RRR_")}},
+                   "serve_config": args.config or "serve_config.yaml",
+                   "engine_env": {k: os.environ.get(k, v) for k, v in graph_env(args.config).items()
+                                  if k.startswith("RRR_")}},
         **{k: r[k] for k in ("throughput_ratio_vs_engine_c16", "ttft_overhead_ms_p50_c1",
                              "throughput_ratio_vs_seed_c16", "seed_ratio_vs_engine_c16")},
         "ratios": r,

@@ -4,7 +4,13 @@
 
 Same prompts (chat template applied by the model's tokenizer), same closed-loop concurrency, same
 :class:`~loadtest.metrics.RequestRecord` as the HTTP clients; each engine output (a delta of one or
-more tokens) counts as one chunk. :mod:`loadtest.compare` runs this as a subprocess.
+more tokens) counts as one chunk.
+
+With ``--interactive`` the engine stays up and runs one level per command, so that
+:mod:`loadtest.compare` can alternate it with the graph level by level: each command is a JSON line
+on stdin, ``{"concurrency": C, "requests": N, "warmup": W}`` (W unmeasured requests first), answered by one stdout line ``@@rrr {"wall_s": ...,
+"records": [...]}`` (other stdout lines are the engine's logs); the first such line reports the
+start-up, end of input stops the engine.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
 import uuid
 from dataclasses import asdict
@@ -70,25 +77,47 @@ async def one_request(engine, prompt: str, max_tokens: int, ignore_eos: bool, te
         return tr.fail(f"{type(exc).__name__}: {exc}")
 
 
-async def run_levels(engine, prompts: list[str], levels: list[int], n_for, max_tokens: int, ignore_eos: bool,
-                     temperature: float, warmup: int) -> dict[str, Any]:
+async def run_level(engine, prompts: list[str], c: int, n: int, max_tokens: int, ignore_eos: bool,
+                    temperature: float, warmup: int = 0) -> dict[str, Any]:
+    """``n`` requests from ``c`` closed-loop clients, after ``warmup`` unmeasured ones:
+    ``{"wall_s", "records"}``."""
     from loadtest.client import closed_loop
 
+    async def make(i: int):
+        return await one_request(engine, prompts[i % len(prompts)], max_tokens, ignore_eos, temperature, c)
+
+    if warmup:
+        await closed_loop(make, c, warmup)
+    records, wall = await closed_loop(make, c, n)
+    ok = [r for r in records if r.success]
+    print(f"[engine] c={c}: {len(ok)}/{len(records)} ok, {sum(r.output_tokens for r in ok) / wall:.1f} tok/s",
+          flush=True)
+    return {"wall_s": wall, "records": [asdict(r) for r in records]}
+
+
+async def run_levels(engine, prompts: list[str], levels: list[int], n_for, max_tokens: int, ignore_eos: bool,
+                     temperature: float, warmup: int) -> dict[str, Any]:
     for i in range(warmup):
         await one_request(engine, prompts[i % len(prompts)], max_tokens, ignore_eos, temperature, 0)
-    results: dict[str, Any] = {}
-    for c in levels:
-        n = n_for(c)
+    return {str(c): await run_level(engine, prompts, c, n_for(c), max_tokens, ignore_eos, temperature)
+            for c in levels}
 
-        async def make(i: int, c=c):
-            return await one_request(engine, prompts[i % len(prompts)], max_tokens, ignore_eos, temperature, c)
 
-        records, wall = await closed_loop(make, c, n)
-        results[str(c)] = {"wall_s": wall, "records": [asdict(r) for r in records]}
-        ok = [r for r in records if r.success]
-        print(f"[engine] c={c}: {len(ok)}/{len(records)} ok, {sum(r.output_tokens for r in ok) / wall:.1f} tok/s",
-              flush=True)
-    return results
+REPLY = "@@rrr "  # marks the protocol's lines among the engine's log lines on stdout
+
+
+async def serve_commands(engine, prompts: list[str], max_tokens: int, ignore_eos: bool, temperature: float,
+                         warmup: int, startup_s: float) -> None:
+    """``--interactive``: one level per JSON command line on stdin, until end of input."""
+    for i in range(warmup):
+        await one_request(engine, prompts[i % len(prompts)], max_tokens, ignore_eos, temperature, 0)
+    print(REPLY + json.dumps({"startup_s": startup_s}), flush=True)
+    loop = asyncio.get_running_loop()
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        cmd = json.loads(line)
+        result = await run_level(engine, prompts, int(cmd["concurrency"]), int(cmd["requests"]), max_tokens,
+                                 ignore_eos, temperature, int(cmd.get("warmup", 0)))
+        print(REPLY + json.dumps(result), flush=True)
 
 
 def chat_prompts(model: str, prompts: list[str]) -> list[str]:
@@ -117,8 +146,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-ignore-eos", action="store_true")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--engine-arg", action="append", default=[], help="AsyncEngineArgs key=value (repeatable)")
-    ap.add_argument("--out", required=True, help="JSON file for the per-level records")
+    ap.add_argument("--out", help="JSON file for the per-level records (not with --interactive)")
+    ap.add_argument("--interactive", action="store_true",
+                    help="keep the engine up and run the levels that stdin asks for (see the module doc)")
     args = ap.parse_args(argv)
+    if not args.interactive and not args.out:
+        ap.error("--out is required (or --interactive)")
 
     levels = [int(x) for x in args.concurrency.split(",") if x]
     prompts = chat_prompts(args.model, load_prompts(args.prompts))
@@ -126,6 +159,14 @@ def main(argv: list[str] | None = None) -> None:
     engine = build_engine(args.model, parse_engine_args(args.engine_arg))
     startup = time.perf_counter() - t0
     print(f"[engine] started in {startup:.1f}s", flush=True)
+    if args.interactive:
+        try:
+            asyncio.run(serve_commands(engine, prompts, args.max_tokens, not args.no_ignore_eos, args.temperature,
+                                       args.warmup, startup))
+        finally:
+            engine.shutdown()
+            del engine
+        return
     try:
         results = asyncio.run(run_levels(engine, prompts, levels, lambda c: requests_for(c, args.requests_per_level),
                                          args.max_tokens, not args.no_ignore_eos, args.temperature, args.warmup))

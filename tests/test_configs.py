@@ -33,6 +33,8 @@ def test_cpu_only_engine_settings_stay_out_of_the_gpu_variant():
     gpu = AppArgs.model_validate(load_app_args(REPO / "serve_config.gpu.yaml"))
     assert all(m.engine_niceness == 0 for m in cpu.models)
     assert all(m.engine_niceness is None for m in gpu.models)
+    assert all(m.engine_cpus == [0] for m in cpu.models)
+    assert all(m.engine_cpus is None for m in gpu.models)
     gpu_env = (yaml.safe_load((REPO / "serve_config.gpu.yaml").read_text())["applications"][0].get("runtime_env") or {})
     assert "RRR_VLLM_BUSY_LOOP_S" not in (gpu_env.get("env_vars") or {})
 

@@ -105,3 +105,69 @@ def test_serve_config_environment_is_loaded_for_graphs_started_from_python():
     assert float(env[vllm_plugin.ENV_BUSY_LOOP]) >= 0
     with pytest.raises(ValueError, match="no application"):
         load_app_env(REPO / "serve_config.yaml", "nope")
+
+
+def test_engine_cpus_select_the_pinned_single_process_executor():
+    from rrr_ray.serving.engine import ENGINE_CPUS_KEY, PINNED_EXECUTOR
+
+    plain = EngineConfig(name="m", path="p").vllm_engine_args()
+    assert "distributed_executor_backend" not in plain and "additional_config" not in plain
+    pinned = EngineConfig(name="m", path="p", engine_cpus=[1], engine_kwargs={"max_num_batched_tokens": 512})
+    args = pinned.vllm_engine_args()
+    assert args["distributed_executor_backend"] == PINNED_EXECUTOR
+    assert args["additional_config"] == {ENGINE_CPUS_KEY: [1]}
+    assert args["max_num_batched_tokens"] == 512 and args["model"] == "p" and args["served_model_name"] == "m"
+    with pytest.raises(ValueError):
+        EngineConfig(name="m", path="p", engine_cpus=[])
+
+
+def test_pinned_executor_survives_vllms_cpu_platform_and_resolves():
+    """vLLM's CPU platform turns its own single-process executor ("uni") into the multiprocess one;
+    the pinned executor, given by import path, must reach the engine core as it is."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.utils.import_utils import resolve_obj_by_qualname
+    from vllm.v1.executor.uniproc_executor import UniProcExecutor
+
+    from rrr_ray.serving.engine import PINNED_EXECUTOR
+
+    args = EngineConfig(name="m", path=str(REPO / "models" / "rrr-tiny"), dtype="float32",
+                        engine_cpus=[0]).vllm_engine_args()
+    config = AsyncEngineArgs(**args).create_engine_config()
+    assert config.parallel_config.distributed_executor_backend == PINNED_EXECUTOR
+    assert config.additional_config == {"rrr_engine_cpus": [0]}
+    assert issubclass(resolve_obj_by_qualname(PINNED_EXECUTOR), UniProcExecutor)
+
+
+def test_engine_cpus_are_checked_against_the_cpus_this_process_may_use():
+    from rrr_ray.serving.cpu_executor import engine_cpus
+
+    allowed = os.sched_getaffinity(0)
+    assert engine_cpus({}) == {min(allowed)}
+    assert engine_cpus({"rrr_engine_cpus": [max(allowed)]}) == {max(allowed)}
+    with pytest.raises(ValueError, match="not all among"):
+        engine_cpus({"rrr_engine_cpus": [max(allowed) + 64]})
+
+
+def test_bind_process_binds_every_thread_including_later_ones():
+    from rrr_ray.serving.cpu_executor import bind_process
+
+    code = ("import threading, time, sys\n"
+            "[threading.Thread(target=time.sleep, args=(30,), daemon=True).start() for _ in range(2)]\n"
+            "print('up', flush=True); sys.stdin.readline()\n"
+            "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+            "print('more', flush=True); time.sleep(30)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        import psutil
+
+        assert child.stdout.readline().strip() == "up"
+        cpu = max(os.sched_getaffinity(0))
+        assert bind_process({cpu}, pid=child.pid) == 3
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "more"
+        threads = psutil.Process(child.pid).threads()
+        assert len(threads) == 4 and all(os.sched_getaffinity(t.id) == {cpu} for t in threads)
+    finally:
+        child.kill()
+        child.wait()

@@ -318,3 +318,63 @@ def test_stream_reader_turns_ndjson_and_sse_lines_into_records():
     cut = M.StreamReader(M.StreamTracker("/v1/chat/completions", 1), "sse")
     cut.feed('data: {"choices": [{"delta": {"content": "x"}}]}')
     assert "[DONE]" in cut.result().error
+
+
+FAKE_ENGINE_BENCH = r"""
+import json, sys
+from loadtest.engine_bench import REPLY
+print("engine log line", flush=True)
+if sys.argv[1] == "exit":
+    sys.exit(3)
+print(REPLY + json.dumps({"startup_s": 1.5}), flush=True)
+for line in sys.stdin:
+    cmd = json.loads(line)
+    if sys.argv[1] == "silent":
+        continue
+    records = [{"endpoint": "engine", "success": True, "start": 100.0 + i, "e2el": 0.5, "ttft": 0.01,
+                "itl": [0.01] * 3, "output_tokens": 4, "users": cmd["concurrency"]} for i in range(cmd["requests"])]
+    print("a log line between replies", flush=True)
+    print(REPLY + json.dumps({"wall_s": 2.0, "records": records, "warmup": cmd["warmup"]}), flush=True)
+"""
+
+
+def _engine_process(tmp_path, mode, timeout=30.0):
+    from loadtest.compare import EngineProcess
+
+    script = tmp_path / "fake_bench.py"
+    script.write_text(FAKE_ENGINE_BENCH)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return EngineProcess([sys.executable, str(script), mode], env, tmp_path / "engine.log", timeout)
+
+
+def test_compare_drives_the_engine_benchmark_level_by_level(tmp_path):
+    engine = _engine_process(tmp_path, "ok")
+    try:
+        assert engine.startup_s == 1.5
+        for c, n in [(1, 3), (16, 32)]:
+            s = engine.level(c, n, warmup=c)
+            assert s["completed"] == n and s["total_output_tokens"] == 4 * n
+            assert s["output_throughput"] == pytest.approx(4 * n / 2.0)
+    finally:
+        engine.close()
+    log = (tmp_path / "engine.log").read_text()
+    assert "engine log line" in log and log.count("a log line between replies") == 2 and "@@rrr" not in log
+
+
+def test_compare_reports_an_engine_benchmark_that_dies_or_hangs(tmp_path):
+    with pytest.raises(RuntimeError, match=r"exited \(3\).*engine.log"):
+        _engine_process(tmp_path, "exit")
+    engine = _engine_process(tmp_path, "silent", timeout=1.0)
+    try:
+        with pytest.raises(RuntimeError, match="silent for 1 s"):
+            engine.level(1, 2, warmup=0)
+    finally:
+        engine.close()
+
+
+def test_compare_measures_steady_state_levels_and_keeps_the_seed_server_short():
+    from loadtest.compare import SEED_MAX_REQUESTS, requests_for
+
+    assert [requests_for(c, None) for c in (1, 4, 16)] == [96, 160, 640]
+    assert requests_for(16, 32) == 32
+    assert min(requests_for(16, None), SEED_MAX_REQUESTS) == 96

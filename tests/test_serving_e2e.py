@@ -84,6 +84,24 @@ def test_health_and_models(serve_url):
     assert ids[:2] == ["rrr-tiny", "rrr-tiny-base"] and "fake" in ids
 
 
+def test_cpu_engines_run_in_one_process_each_bound_to_their_cpu(serve_url):
+    """serve_config.yaml's `engine_cpus: [0]`: each vLLM engine of the ingress is one process (no
+    separate worker), every thread of it on CPU 0, and it answers."""
+    import os
+
+    import psutil
+
+    (ingress,) = [p for p in psutil.process_iter(["cmdline"]) if "ServeReplica:rrr:RRRIngress" in
+                  " ".join(p.info["cmdline"] or [])]
+    engines = [c for c in ingress.children(recursive=True) if "EngineCore" in c.name()]
+    assert len(engines) == 2  # rrr-tiny and rrr-tiny-base
+    for engine in engines:
+        assert not [c for c in engine.children(recursive=True) if "python" in c.name().lower() or "VLLM" in c.name()]
+        assert {frozenset(os.sched_getaffinity(t.id)) for t in engine.threads()} == {frozenset({0})}
+    assert httpx.post(f"{serve_url}/generate", json={"prompt": PROMPT, "max_new_tokens": 8},
+                      timeout=60).json()["metadata"]["output_tokens"] == 8
+
+
 def test_generate_json_has_engine_token_counts(serve_url):
     r = httpx.post(f"{serve_url}/generate", json={"prompt": PROMPT, "max_new_tokens": 48, "temperature": 0.7,
                                                   "seed": 1}, timeout=120)

@@ -21,6 +21,10 @@ from rrr_ray.serving.protocol import EngineRequest
 
 logger = logging.getLogger(__name__)
 
+# EngineConfig.engine_cpus: vLLM loads this executor by import path (importing it imports vLLM).
+PINNED_EXECUTOR = "rrr_ray.serving.cpu_executor.PinnedUniProcExecutor"
+ENGINE_CPUS_KEY = "rrr_engine_cpus"  # where the executor finds the CPUs in vLLM's additional_config
+
 
 class EngineConfig(BaseModel):
     """One served model: where its weights are and how the engine runs it."""
@@ -42,10 +46,31 @@ class EngineConfig(BaseModel):
                     "thread. Ray starts replicas at niceness 15; 0 lets the engine's step loop take a CPU "
                     "before the Serve replicas beside it. Below the replica's own value needs CAP_SYS_NICE "
                     "(a warning otherwise). None leaves them as started.")
+    engine_cpus: Optional[list[int]] = Field(
+        None, min_length=1,
+        description="CPU nodes: run the model inside vLLM's engine-core process, every thread bound to "
+                    "these CPUs (rrr_ray.serving.cpu_executor), instead of vLLM's default of a separate "
+                    "worker process that hands each step back and forth with the engine core. The other "
+                    "CPUs are left to HTTP, post-processing and clients. None keeps vLLM's executor (GPU).")
     description: str = Field("", description="Shown in /v1/models.")
 
     def served_names(self) -> list[str]:
         return [self.name, *self.lora_modules]
+
+    def vllm_engine_args(self) -> dict[str, Any]:
+        """The ``AsyncEngineArgs`` of this model (JSON values only), ``engine_kwargs`` last."""
+        kwargs: dict[str, Any] = dict(
+            model=self.path, served_model_name=self.name, dtype=self.dtype, max_model_len=self.max_model_len,
+            max_num_seqs=self.max_num_seqs, enforce_eager=self.enforce_eager, disable_log_stats=True,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+        )
+        if self.lora_modules:
+            kwargs.update(enable_lora=True, max_lora_rank=self.max_lora_rank, max_loras=len(self.lora_modules))
+        if self.engine_cpus is not None:
+            kwargs.update(distributed_executor_backend=PINNED_EXECUTOR,
+                          additional_config={ENGINE_CPUS_KEY: self.engine_cpus})
+        kwargs.update(self.engine_kwargs)
+        return kwargs
 
 
 class EngineError(RuntimeError):
@@ -156,16 +181,8 @@ class VLLMEngine(Engine):
         from vllm.v1.engine.async_llm import AsyncLLM
 
         cfg = self.config
-        kwargs: dict[str, Any] = dict(
-            model=cfg.path, served_model_name=cfg.name, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
-            max_num_seqs=cfg.max_num_seqs, enforce_eager=cfg.enforce_eager, disable_log_stats=True,
-            gpu_memory_utilization=cfg.gpu_memory_utilization,
-        )
-        if cfg.lora_modules:
-            kwargs.update(enable_lora=True, max_lora_rank=cfg.max_lora_rank, max_loras=len(cfg.lora_modules))
-        kwargs.update(cfg.engine_kwargs)
         started = time.perf_counter()
-        self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**cfg.vllm_engine_args()))
         self._tokenizer = self._engine.get_tokenizer()
         self._lora = {name: LoRARequest(name, i + 1, path) for i, (name, path) in enumerate(cfg.lora_modules.items())}
         if cfg.engine_niceness is not None:
