@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from loadtest.engine_bench import requests_for
 from loadtest.metrics import RequestRecord, summarize
 from rrr_ray.serving.launch import free_port
 
@@ -58,11 +59,6 @@ TARGETS = {
 
 
 SEED_MAX_REQUESTS = 96  # (c) decodes one request at a time per thread: keep its levels short
-
-
-def requests_for(c: int, per_level: int | None) -> int:
-    """Measured requests at concurrency ``c``: the given number, else ``max(96, 40 c)`` (40 per client)."""
-    return per_level if per_level else max(96, 40 * c)
 
 
 # --- (a) the engine ------------------------------------------------------------------------

@@ -129,8 +129,9 @@ def chat_prompts(model: str, prompts: list[str]) -> list[str]:
 
 
 def requests_for(c: int, per_level: int | None) -> int:
-    """Requests measured at concurrency ``c``: the given number, else ``max(8, 2c)``."""
-    return per_level if per_level else max(8, 2 * c)
+    """Measured requests at concurrency ``c``: the given number, else ``max(96, 40 c)`` (40 per client,
+    so that a closed loop's ramp-up and tail weigh little against its steady state)."""
+    return per_level if per_level else max(96, 40 * c)
 
 
 def main(argv: list[str] | None = None) -> None:
