@@ -61,6 +61,11 @@ TARGETS = {
 SEED_MAX_REQUESTS = 96  # (c) decodes one request at a time per thread: keep its levels short
 
 
+def seed_requests_for(c: int, per_level: int | None) -> int:
+    """Measured requests of (c) at concurrency ``c``: as (a) and (b), at most ``SEED_MAX_REQUESTS``."""
+    return min(requests_for(c, per_level), SEED_MAX_REQUESTS)
+
+
 # --- (a) the engine ------------------------------------------------------------------------
 
 class EngineProcess:
@@ -376,7 +381,6 @@ def main(argv: list[str] | None = None) -> int:
             args.engine_arg = engine_args_from_graph(graph_args(args.model, args.config))
         except (ImportError, OSError, ValueError, KeyError) as exc:
             print(f"[compare] serve_config.yaml not usable ({exc}); engine defaults for (a)", file=sys.stderr)
-    systems: dict[str, Any] = {}
     errors: dict[str, str] = {}
     t_start = time.time()
     rounds: list[dict[str, Any]] = [{} for _ in range(args.rounds)]
@@ -414,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     here.setdefault(name, {"levels": {}})["levels"][str(c)] = level
     picked = median_round(rounds, levels)
-    systems.update({name: {**meta.get(name, {}), **sys_} for name, sys_ in rounds[picked].items()})
+    systems = {name: {**meta.get(name, {}), **sys_} for name, sys_ in rounds[picked].items()}
     if "c" not in skip:
         try:
             with seed_server(args.model, out / "seed_server.log") as (url, proc):
@@ -422,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
                 ignore_eos, notes = asyncio.run(probe_ignore_eos(url, "seed", args, prompts))
                 seed_levels = {}
                 for c in levels:
-                    n = min(requests_for(c, args.requests_per_level), SEED_MAX_REQUESTS)
+                    n = seed_requests_for(c, args.requests_per_level)
                     seed_levels[str(c)] = asyncio.run(
                         measure_http_level(url, "seed", args, c, n, args.warmup, prompts, ignore_eos))
                 systems["seed"] = {"url": url, "levels": seed_levels, "ignore_eos": ignore_eos, "notes": notes}
@@ -435,8 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": time.time() - t_start,
         "config": {"model": args.model, "concurrency": levels, "max_tokens": args.max_tokens,
                    "requests_per_level": {str(c): requests_for(c, args.requests_per_level) for c in levels},
-                   "seed_requests_per_level": {str(c): min(requests_for(c, args.requests_per_level),
-                                                           SEED_MAX_REQUESTS) for c in levels},
+                   "seed_requests_per_level": {str(c): seed_requests_for(c, args.requests_per_level)
+                                               for c in levels},
                    "rounds": args.rounds, "schedule": "paired: each level on (a) and (b) back to back, "
                                                      "(a) first in odd rounds, (b) first in even ones",
                    "temperature": 0.0, "ignore_eos": True, "prompts": args.prompts or str(HERE / "prompts.txt"),

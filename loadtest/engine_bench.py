@@ -8,9 +8,9 @@ more tokens) counts as one chunk.
 
 With ``--interactive`` the engine stays up and runs one level per command, so that
 :mod:`loadtest.compare` can alternate it with the graph level by level: each command is a JSON line
-on stdin, ``{"concurrency": C, "requests": N, "warmup": W}`` (W unmeasured requests first), answered by one stdout line ``@@rrr {"wall_s": ...,
-"records": [...]}`` (other stdout lines are the engine's logs); the first such line reports the
-start-up, end of input stops the engine.
+on stdin, ``{"concurrency": C, "requests": N, "warmup": W}`` (W unmeasured requests first),
+answered by one stdout line ``@@rrr {"wall_s": ..., "records": [...]}`` (other stdout lines are
+the engine's logs); the first such line reports the start-up, end of input stops the engine.
 """
 
 from __future__ import annotations
@@ -77,6 +77,13 @@ async def one_request(engine, prompt: str, max_tokens: int, ignore_eos: bool, te
         return tr.fail(f"{type(exc).__name__}: {exc}")
 
 
+async def warm_up(engine, prompts: list[str], n: int, max_tokens: int, ignore_eos: bool,
+                  temperature: float) -> None:
+    """``n`` unmeasured requests, one after the other (the engine's first steps are slow)."""
+    for i in range(n):
+        await one_request(engine, prompts[i % len(prompts)], max_tokens, ignore_eos, temperature, 0)
+
+
 async def run_level(engine, prompts: list[str], c: int, n: int, max_tokens: int, ignore_eos: bool,
                     temperature: float, warmup: int = 0) -> dict[str, Any]:
     """``n`` requests from ``c`` closed-loop clients, after ``warmup`` unmeasured ones:
@@ -97,8 +104,7 @@ async def run_level(engine, prompts: list[str], c: int, n: int, max_tokens: int,
 
 async def run_levels(engine, prompts: list[str], levels: list[int], n_for, max_tokens: int, ignore_eos: bool,
                      temperature: float, warmup: int) -> dict[str, Any]:
-    for i in range(warmup):
-        await one_request(engine, prompts[i % len(prompts)], max_tokens, ignore_eos, temperature, 0)
+    await warm_up(engine, prompts, warmup, max_tokens, ignore_eos, temperature)
     return {str(c): await run_level(engine, prompts, c, n_for(c), max_tokens, ignore_eos, temperature)
             for c in levels}
 
@@ -109,8 +115,7 @@ REPLY = "@@rrr "  # marks the protocol's lines among the engine's log lines on s
 async def serve_commands(engine, prompts: list[str], max_tokens: int, ignore_eos: bool, temperature: float,
                          warmup: int, startup_s: float) -> None:
     """``--interactive``: one level per JSON command line on stdin, until end of input."""
-    for i in range(warmup):
-        await one_request(engine, prompts[i % len(prompts)], max_tokens, ignore_eos, temperature, 0)
+    await warm_up(engine, prompts, warmup, max_tokens, ignore_eos, temperature)
     print(REPLY + json.dumps({"startup_s": startup_s}), flush=True)
     loop = asyncio.get_running_loop()
     while line := await loop.run_in_executor(None, sys.stdin.readline):

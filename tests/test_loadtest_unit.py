@@ -373,8 +373,8 @@ def test_compare_reports_an_engine_benchmark_that_dies_or_hangs(tmp_path):
 
 
 def test_compare_measures_steady_state_levels_and_keeps_the_seed_server_short():
-    from loadtest.compare import SEED_MAX_REQUESTS, requests_for
+    from loadtest.compare import requests_for, seed_requests_for
 
     assert [requests_for(c, None) for c in (1, 4, 16)] == [96, 160, 640]
     assert requests_for(16, 32) == 32
-    assert min(requests_for(16, None), SEED_MAX_REQUESTS) == 96
+    assert [seed_requests_for(c, None) for c in (1, 16)] == [96, 96] and seed_requests_for(16, 32) == 32
