@@ -53,9 +53,11 @@ class RRRIngress:
             return {"graph": {"error": f"{type(exc).__name__}: {exc}", "unfinished_requests": None}}
 
     async def check_health(self) -> None:
-        """Serve's replica health check: a dead engine in this replica gets the replica restarted."""
+        """Serve's replica health check: a dead engine in this replica is restarted in place while
+        the replica's other models keep serving; the replica itself is replaced only when restarting
+        it fails (``ModelServer.recover``)."""
         for server in self.servers:
-            await server.check_health()
+            await server.recover()
 
     def __del__(self) -> None:
         for server in getattr(self, "servers", []):

@@ -122,8 +122,9 @@ class EngineProcess:
                 return json.loads(line[len(self.reply_prefix):])
             self.log.write(line)
 
-    def level(self, c: int, n: int, warmup: int) -> dict[str, Any]:
-        self.proc.stdin.write(json.dumps({"concurrency": c, "requests": n, "warmup": warmup}) + "\n")
+    def level(self, c: int, n: int, warmup: int, **options: Any) -> dict[str, Any]:
+        """One level; ``options`` are the command's optional fields (``seeded``, ``temperature``)."""
+        self.proc.stdin.write(json.dumps({"concurrency": c, "requests": n, "warmup": warmup, **options}) + "\n")
         self.proc.stdin.flush()
         data = self._reply()
         summary = summarize([RequestRecord.from_dict(r) for r in data["records"]], data["wall_s"])

@@ -8,7 +8,8 @@ more tokens) counts as one chunk.
 
 With ``--interactive`` the engine stays up and runs one level per command, so that
 :mod:`loadtest.compare` can alternate it with the graph level by level: each command is a JSON line
-on stdin, ``{"concurrency": C, "requests": N, "warmup": W}`` (W unmeasured requests first),
+on stdin, ``{"concurrency": C, "requests": N, "warmup": W}`` (W unmeasured requests first; optional
+``"seeded": true``, ``"temperature": T``),
 answered by one stdout line ``@@rrr {"wall_s": ..., "records": [...]}`` (other stdout lines are
 the engine's logs); the first such line reports the start-up, end of input stops the engine.
 """
@@ -54,13 +55,14 @@ def build_engine(model: str, overrides: dict[str, Any]):
     return AsyncLLM.from_engine_args(AsyncEngineArgs(model=model, **kwargs))
 
 
-async def one_request(engine, prompt: str, max_tokens: int, ignore_eos: bool, temperature: float, users: int):
+async def one_request(engine, prompt: str, max_tokens: int, ignore_eos: bool, temperature: float, users: int,
+                      seed: int | None = None):
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
     from loadtest.metrics import StreamTracker
 
-    sp = SamplingParams(max_tokens=max_tokens, ignore_eos=ignore_eos, temperature=temperature,
+    sp = SamplingParams(max_tokens=max_tokens, ignore_eos=ignore_eos, temperature=temperature, seed=seed,
                         output_kind=RequestOutputKind.DELTA)
     tr = StreamTracker("engine", users)
     n_out, n_in = 0, 0
@@ -85,13 +87,14 @@ async def warm_up(engine, prompts: list[str], n: int, max_tokens: int, ignore_eo
 
 
 async def run_level(engine, prompts: list[str], c: int, n: int, max_tokens: int, ignore_eos: bool,
-                    temperature: float, warmup: int = 0) -> dict[str, Any]:
+                    temperature: float, warmup: int = 0, seeded: bool = False) -> dict[str, Any]:
     """``n`` requests from ``c`` closed-loop clients, after ``warmup`` unmeasured ones:
-    ``{"wall_s", "records"}``."""
+    ``{"wall_s", "records"}``. ``seeded``: request ``i`` samples with ``seed=i``."""
     from loadtest.client import closed_loop
 
     async def make(i: int):
-        return await one_request(engine, prompts[i % len(prompts)], max_tokens, ignore_eos, temperature, c)
+        return await one_request(engine, prompts[i % len(prompts)], max_tokens, ignore_eos, temperature, c,
+                                 seed=i if seeded else None)
 
     if warmup:
         await closed_loop(make, c, warmup)
@@ -121,7 +124,8 @@ async def serve_commands(engine, prompts: list[str], max_tokens: int, ignore_eos
     while line := await loop.run_in_executor(None, sys.stdin.readline):
         cmd = json.loads(line)
         result = await run_level(engine, prompts, int(cmd["concurrency"]), int(cmd["requests"]), max_tokens,
-                                 ignore_eos, temperature, int(cmd.get("warmup", 0)))
+                                 ignore_eos, float(cmd.get("temperature", temperature)), int(cmd.get("warmup", 0)),
+                                 bool(cmd.get("seeded", False)))
         print(REPLY + json.dumps(result), flush=True)
 
 

@@ -171,3 +171,86 @@ def test_bind_process_binds_every_thread_including_later_ones():
     finally:
         child.kill()
         child.wait()
+
+
+# -- seeded sampling on CPU (rrr_ray.serving.seeded_sampling) ---------------------------------------
+
+class _Buffer:
+    def __init__(self, values):
+        import numpy as np
+
+        self.np = np.array(values, dtype=bool)
+
+
+class _Batch:
+    def __init__(self, generators, num_reqs):
+        self.generators, self.num_reqs = generators, num_reqs
+
+
+class _Runner:
+    """The two steps of vLLM's model runner that a discarded sample goes through, as vLLM has them."""
+
+    def __init__(self, generators, discard):
+        self.input_batch = _Batch(generators, len(discard))
+        self.discard_request_mask = _Buffer(discard)
+
+    def _sample(self):  # vLLM's CPU sampler draws one seed per request with a generator
+        import torch
+
+        return {i: int(torch.randint(0, 2**31, (1,), generator=g)) for i, g in self.input_batch.generators.items()}
+
+    def _bookkeeping_sync(self):  # vLLM: rewind the discarded samples' generators
+        for i in self.discard_request_mask.np.nonzero()[0]:
+            gen = self.input_batch.generators.get(int(i))
+            if gen is not None:
+                gen.set_offset(gen.get_offset() - 4)
+        return "bookkept"
+
+
+def _generators(seeds):
+    import torch
+
+    return {i: torch.Generator().manual_seed(s) for i, s in seeds.items()}
+
+
+def test_vllms_rewind_fails_on_cpu_generators():
+    runner = _Runner(_generators({0: 1}), [True])
+    runner._sample()
+    with pytest.raises(RuntimeError, match="does not use offset"):
+        runner._bookkeeping_sync()
+
+
+def test_seeded_sampling_rewinds_discarded_cpu_samples_by_state():
+    """Request 0's prompt is chunked (its sample is discarded), request 1 decodes, request 2 has no
+    seed: after the patch a discarded sample leaves its generator as if never drawn, the kept one
+    advances, and the runner's own bookkeeping still runs."""
+    from rrr_ray.serving.seeded_sampling import patch_runner
+
+    class Runner(_Runner):
+        pass
+
+    assert patch_runner(Runner) and not patch_runner(Runner)  # once only
+    runner = Runner(_generators({0: 7, 1: 8}), [True, False, False])
+    fresh = _generators({0: 7, 1: 8})
+    first = runner._sample()
+    assert runner._bookkeeping_sync() == "bookkept"
+    assert set(runner.input_batch.generators) == {0, 1}  # the batch's own dict is back
+    again = runner._sample()  # the next step: request 0 draws its first seed again, request 1 its second
+    assert again[0] == first[0]
+    assert again[1] != first[1]
+    _Runner(fresh, [False, False])._sample()  # one kept draw each, from the same seeds
+    assert runner.input_batch.generators[0].get_state().equal(fresh[0].get_state())
+
+
+def test_seeded_sampling_plugin_is_registered_and_patches_vllms_runner_on_import():
+    from importlib.metadata import entry_points
+
+    names = {ep.value for ep in entry_points(group="vllm.general_plugins")}
+    assert "rrr_ray.serving.seeded_sampling:register" in names
+    code = ("import sys; from rrr_ray.serving import seeded_sampling as s; s.register();"
+            "assert s.RUNNER_MODULE not in sys.modules;"
+            "import importlib; m = importlib.import_module(s.RUNNER_MODULE);"
+            "assert m.GPUModelRunner._rrr_seeded_sampling; print('patched')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "VLLM_PLUGINS": ""})
+    assert out.returncode == 0 and "patched" in out.stdout, out.stderr[-2000:]

@@ -310,3 +310,56 @@ def test_closing_the_in_process_stream_aborts_the_request_in_the_engine():
         assert engine.running == 0
 
     run(main())
+
+
+# -- a dead engine inside a shared replica --------------------------------------------------------
+
+def fake_server(name: str, start_s: float = 0.0) -> ModelServer:
+    return ModelServer({"name": name, "path": "-", "engine_class": "rrr_ray.serving.fake_engine:FakeEngine",
+                        "engine_kwargs": {"token_interval_s": 0.0, "start_s": start_s}}, max_hop_messages_per_s=0)
+
+
+def test_a_dead_engine_is_restarted_in_place_while_the_other_models_keep_answering():
+    """`placement: ingress`: two engines in one replica; one dies. Its requests get a 503 while a new
+    engine starts in its place; the other model answers throughout; then both answer again."""
+    async def main():
+        dying, other = fake_server("dying", start_s=0.3), fake_server("other")
+        postprocessing = PostProcessing({"dying": dying, "other": other})
+        service = RRRService(postprocessing.stream, postprocessing.health,
+                             [ServedModel("dying", "-"), ServedModel("other", "-")])
+        async with client(service) as c:
+            assert (await c.post("/generate", json={"prompt": "[kill-engine]", "model": "dying"})).status_code == 500
+            assert (await c.get("/health")).status_code == 503
+            await asyncio.gather(dying.recover(), other.recover())  # what the ingress's health check does
+            assert dying.restarting is not None and other.restarting is None
+            during = await c.post("/generate", json={"prompt": "hi", "model": "dying"})
+            assert during.status_code == 503 and "restarting" in during.json()["error"]
+            assert during.headers["retry-after"] == "5"
+            health = (await c.get("/health")).json()
+            assert health["models"] == {"dying": False, "other": True} and "restarting" in health["error"]
+            answered = await c.post("/generate", json={"prompt": "hi", "model": "other"})
+            assert answered.status_code == 200 and answered.json()["validation"]["valid"]
+            await dying.restarting
+            assert dying.restarting is None and (await c.get("/health")).status_code == 200
+            again = await c.post("/generate", json={"prompt": "hi", "model": "dying"})
+            assert again.status_code == 200 and again.json()["validation"]["valid"]
+    run(main())
+
+
+def test_recover_gives_up_after_the_restarts_fail_so_serve_replaces_the_replica(monkeypatch):
+    from rrr_ray.serving.engine import EngineDeadError
+
+    async def failing_start(self):
+        raise RuntimeError("no memory for a new engine")
+
+    async def main():
+        server = fake_server("dying")
+        server.engine.dead = True
+        monkeypatch.setattr(FakeEngine, "start", failing_start)
+        for attempt in range(server.max_failed_restarts):
+            await server.recover()
+            await server.restarting
+            assert server.failed_restarts == attempt + 1
+        with pytest.raises(EngineDeadError, match="3 restarts in place failed"):
+            await server.recover()
+    run(main())

@@ -58,10 +58,11 @@ def create_app(service: RRRService | None = None) -> FastAPI:
 
     @app.exception_handler(BadRequestError)
     async def _bad(request: Request, exc: BadRequestError) -> JSONResponse:
+        headers = {"Retry-After": "5"} if exc.status == 503 else None  # a model restarting its engine
         if _is_openai(request):
             code = "model_not_found" if exc.status == 404 else None
-            return JSONResponse(openai_error(str(exc), code=code), status_code=exc.status)
-        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+            return JSONResponse(openai_error(str(exc), code=code), status_code=exc.status, headers=headers)
+        return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
 
     @app.get("/health")
     async def health(request: Request) -> Response:

@@ -3,6 +3,7 @@
 It "generates" a fixed valid RRR reply in small pieces at a steady pace. Markers in the last user
 message drive the failure paths the tests need: ``[invalid]`` (a reply with no reflect),
 ``[fail-after:N]`` (an engine error after N tokens), ``[kill-engine]`` (the engine dies).
+``engine_kwargs``: ``token_interval_s`` (the pace), ``start_s`` (how long ``start`` takes).
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ class FakeEngine(Engine):
     def __init__(self, config: EngineConfig) -> None:
         super().__init__(config)
         self.interval = float(config.engine_kwargs.get("token_interval_s", 0.005))
+        self.start_s = float(config.engine_kwargs.get("start_s", 0.0))
         self.dead = False
         self.running = 0
 
     async def start(self) -> None:
-        return None
+        await asyncio.sleep(self.start_s)
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         if self.dead:
