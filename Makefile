@@ -2,14 +2,8 @@
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
-export RAY_AUTH_MODE ?= disabled
-export VLLM_CPU_KVCACHE_SPACE ?= 1
-export VLLM_HOST_IP ?= 127.0.0.1
-export TOKENIZERS_PARALLELISM ?= false
-export HF_HUB_OFFLINE ?= 1
-export RAY_USAGE_STATS_ENABLED ?= 0
-export RAY_SERVE_THROUGHPUT_OPTIMIZED ?= 1
-export RAY_SERVE_ENABLE_HA_PROXY ?= 1
+# Every command runs with the CPU-node environment defined once in rrr_ray/env.py (set values win).
+RUN := $(BIN)/python -m rrr_ray.env
 
 .PHONY: install serve test test-fast model bench compare loadtest clean-venv
 
@@ -17,25 +11,25 @@ install:
 	@bash scripts/install.sh
 
 serve: install ## install if needed, then serve the embedded model on 127.0.0.1:8000
-	$(BIN)/serve run serve_config.yaml
+	$(RUN) $(BIN)/serve run serve_config.yaml
 
 test: install ## install if needed, then run the whole test suite
-	$(BIN)/python -m pytest tests
+	$(RUN) $(BIN)/python -m pytest tests
 
 test-fast: install ## the unit tests only (no Ray Serve, no vLLM engine)
-	$(BIN)/python -m pytest tests -m "not e2e"
+	$(RUN) $(BIN)/python -m pytest tests -m "not e2e"
 
 model: install ## rebuild the embedded demo model from scratch (base + fine-tuned)
-	$(BIN)/python -m jobs.build_embedded_model
+	$(RUN) $(BIN)/python -m jobs.build_embedded_model
 
 bench: install ## format-core throughput benchmark
-	$(BIN)/python -m loadtest.bench_format --output out/bench
+	$(RUN) $(BIN)/python -m loadtest.bench_format --output out/bench
 
 compare: install ## engine vs rrr-ray graph (5 paired rounds, median) vs seed-style server (out/compare/compare.json)
-	$(BIN)/python -m loadtest.compare --model models/rrr-tiny --rounds 5 --output out/compare
+	$(RUN) $(BIN)/python -m loadtest.compare --model models/rrr-tiny --rounds 5 --output out/compare
 
 loadtest: install ## Locust at 1, 4 and 16 users against a running `make serve`
-	$(BIN)/python -m loadtest.run --host http://127.0.0.1:8000 --users 1,4,16 --duration 60s --output out/load
+	$(RUN) $(BIN)/python -m loadtest.run --host http://127.0.0.1:8000 --users 1,4,16 --duration 60s --output out/load
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,8 +1,8 @@
-"""The ingress deployment: HTTP (FastAPI) in front of the post-processing.
+"""The ingress deployment: HTTP (FastAPI, ``rrr_ray.serving.api``) in front of the post-processing.
 
 The post-processing is either a deployment of its own (``postprocessor``, a handle) or runs in
-this replica (``models``) over model deployments' handles and over the ``engines`` this replica
-runs itself (models with ``placement: ingress``: no Ray hop between HTTP and the engine).
+this replica over the model deployments' handles (``models``) and over the ``engines`` this
+replica runs itself (models with ``placement: ingress``: no Ray hop between HTTP and the engine).
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from typing import Any, Optional
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.model import ModelServer
-from deployments.postprocessor import PostProcessing, RemotePostProcessing
+from deployments.postprocessor import RemotePostProcessing, remote_models
 from rrr_ray.serving.api import create_app, install_service
+from rrr_ray.serving.config import StreamingOptions
 from rrr_ray.serving.metrics import try_create_metrics
+from rrr_ray.serving.model_server import ModelServer
+from rrr_ray.serving.postprocessing import PostProcessing
 from rrr_ray.serving.service import RRRService, ServedModel
 
 app = create_app()
@@ -25,23 +27,23 @@ app = create_app()
 @serve.deployment(name="RRRIngress", ray_actor_options={"num_cpus": 0.1}, health_check_period_s=5)
 @serve.ingress(app)
 class RRRIngress:
-    async def __init__(self, cards: list[dict], default_model: Optional[str],
+    async def __init__(self, cards: list[dict], default_model: Optional[str], streaming: dict[str, Any],
                        postprocessor: Optional[DeploymentHandle] = None,
                        models: Optional[dict[str, DeploymentHandle]] = None,
-                       engines: Optional[list[dict]] = None, stream_interval_ms: float = 20.0,
-                       max_hop_messages_per_s: float = 200.0) -> None:
+                       engines: Optional[list[dict]] = None) -> None:
         """``engines``: configs (``EngineConfig`` fields) of the models this replica runs itself."""
         if (postprocessor is None) == (not models and not engines):
             raise ValueError("give the ingress either a post-processor deployment or the models")
         if postprocessor is not None and engines:
             raise ValueError("models in the ingress need the post-processor in the ingress too")
-        self.servers = [ModelServer(e, stream_interval_ms, max_hop_messages_per_s) for e in engines or []]
+        options = StreamingOptions(**streaming)
+        self.servers = [ModelServer(e, options) for e in engines or []]
         await asyncio.gather(*(s.start() for s in self.servers))
         if postprocessor is not None:
             self.postprocessing = RemotePostProcessing(postprocessor)
         else:
             local = {name: s for s in self.servers for name in s.config.served_names()}
-            self.postprocessing = PostProcessing({**(models or {}), **local})
+            self.postprocessing = PostProcessing({**remote_models(models or {}), **local})
         install_service(RRRService(
             stream=self.postprocessing.stream, health=self._health, models=[ServedModel(**m) for m in cards],
             default_model=default_model, metrics=try_create_metrics()))

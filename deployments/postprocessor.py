@@ -1,22 +1,16 @@
-"""The post-processor: streams from the model stage, validating RRR on the way.
-
-``PostProcessing`` is the logic over the models, each either a ``ModelServer`` in this process
-or a model deployment's handle (``RemoteModel``). It runs either as its own deployment
-(``RRRPostProcessor``, scaled apart from the ingress: one more Ray hop per request) or inside
-each ingress replica (``placement: ingress``, the default on CPU), see ``deployments/app.py``.
-"""
+"""Ray Serve glue of the post-processing stage (``rrr_ray.serving.postprocessing``): models and the
+post-processor reached over Ray handles, and ``RRRPostProcessor``, its deployment of its own."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from typing import Any, AsyncIterator, Protocol, Union
+from typing import Any, AsyncIterator
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from rrr_ray.serving.postprocessing import PostProcessing
 from rrr_ray.serving.protocol import EngineRequest
-from rrr_ray.serving.streams import ModelChunk, OutputChunk, postprocess
+from rrr_ray.serving.streams import ModelChunk, OutputChunk
 
 
 async def cancelling(response: Any) -> AsyncIterator[Any]:
@@ -28,16 +22,8 @@ async def cancelling(response: Any) -> AsyncIterator[Any]:
         response.cancel()
 
 
-class Model(Protocol):
-    """What the post-processing reads from a model: ``ModelServer`` in-process, or ``RemoteModel``."""
-
-    def stream(self, request: EngineRequest) -> AsyncIterator[ModelChunk]: ...
-
-    async def health(self) -> dict[str, Any]: ...
-
-
 class RemoteModel:
-    """A model deployment (``RRRModel``) behind the ``Model`` interface: one Ray hop per request."""
+    """A model deployment (``RRRModel``) as a post-processing ``Model``: one Ray hop per request."""
 
     def __init__(self, handle: DeploymentHandle) -> None:
         self.handle = handle
@@ -50,33 +36,12 @@ class RemoteModel:
         return await self.handle.health.remote()
 
 
-class PostProcessing:
-    def __init__(self, models: dict[str, Union[Model, DeploymentHandle]]) -> None:
-        """``models`` maps every served name (models and LoRA adapters) to its model: a model
-        deployment's handle, or a ``ModelServer`` running in this process."""
-        self.models: dict[str, Model] = {
-            name: RemoteModel(m) if isinstance(m, DeploymentHandle) else m for name, m in models.items()}
-
-    async def stream(self, request: EngineRequest, with_repair: bool = False) -> AsyncIterator[OutputChunk]:
-        model = self.models.get(request.model)
-        if model is None:
-            yield OutputChunk(finished=True, error=f"model {request.model!r} is not served", status=404)
-            return
-        async with contextlib.aclosing(model.stream(request)) as chunks, \
-                contextlib.aclosing(postprocess(chunks, with_repair)) as outputs:
-            async for chunk in outputs:
-                yield chunk
-
-    async def health(self) -> dict[str, dict[str, Any]]:
-        """Health and load of every served name (LoRA adapters report their base model)."""
-        names = list(self.models)
-        results = await asyncio.gather(*(self.models[n].health() for n in names), return_exceptions=True)
-        return {n: ({"error": f"{type(r).__name__}: {r}", "unfinished_requests": None}
-                    if isinstance(r, BaseException) else r) for n, r in zip(names, results)}
+def remote_models(handles: dict[str, DeploymentHandle]) -> dict[str, RemoteModel]:
+    return {name: RemoteModel(handle) for name, handle in handles.items()}
 
 
 class RemotePostProcessing:
-    """The ``RRRPostProcessor`` deployment behind the same interface, for the ingress to call."""
+    """The ``RRRPostProcessor`` deployment behind ``PostProcessing``'s interface, for the ingress."""
 
     def __init__(self, handle: DeploymentHandle) -> None:
         self.handle = handle
@@ -89,4 +54,9 @@ class RemotePostProcessing:
         return await self.handle.health.remote()
 
 
-RRRPostProcessor = serve.deployment(name="RRRPostProcessor", ray_actor_options={"num_cpus": 0.1})(PostProcessing)
+@serve.deployment(name="RRRPostProcessor", ray_actor_options={"num_cpus": 0.1})
+class RRRPostProcessor(PostProcessing):
+    """``PostProcessing`` in replicas of its own, over the model deployments' handles."""
+
+    def __init__(self, models: dict[str, DeploymentHandle]) -> None:
+        super().__init__(remote_models(models))

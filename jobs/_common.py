@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any, NoReturn
 
-ENV_DEFAULTS = {
-    "RAY_AUTH_MODE": "disabled", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1",
-    "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0",
-}
+from rrr_ray.env import apply_cpu_node_env
 
 
 def env_defaults() -> None:
-    for k, v in ENV_DEFAULTS.items():
-        os.environ.setdefault(k, v)
+    """The CPU-node environment (``rrr_ray.env``), before a job imports Ray or vLLM."""
+    apply_cpu_node_env()
 
 
 def die(message: str, code: int = 2) -> NoReturn:

@@ -11,19 +11,19 @@ import logging
 import sys
 
 from jobs._common import die, env_defaults, print_summary
+from rrr_ray.training.base import BaseModelConfig
+from rrr_ray.config_cli import add_config_options, config_values
+
+FIELDS = ("data", "output_dir", "vocab_size", "loop.epochs", "loop.max_minutes", "loop.lr", "loop.threads",
+          "loop.seed")
 
 
-def parse_args(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
+    """Options of the :class:`BaseModelConfig` fields (defaults and help from the config), plus
+    ``--no-progress``."""
     p = argparse.ArgumentParser(prog="python -m jobs.build_base_model", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", nargs="+", default=None, help="dialogue files/folders or saved HF datasets (default: the seed)")
-    p.add_argument("--output-dir", default="models/rrr-tiny-base", help="model folder to write")
-    p.add_argument("--vocab-size", type=int, default=3000, help="BPE vocabulary upper bound")
-    p.add_argument("--epochs", type=float, default=60, help="passes over the data (upper bound)")
-    p.add_argument("--max-minutes", type=float, default=3.0, help="training time budget")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
-    p.add_argument("--threads", type=int, default=2, help="torch threads")
-    p.add_argument("--seed", type=int, default=0)
+    add_config_options(p, BaseModelConfig, FIELDS)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -32,14 +32,9 @@ def main(argv=None) -> int:
     env_defaults()
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from rrr_ray.training.base import BaseModelConfig, build_base_model
-    from rrr_ray.training.loop import LoopConfig
+    from rrr_ray.training.base import build_base_model
 
-    cfg = BaseModelConfig(output_dir=args.output_dir, vocab_size=args.vocab_size,
-                          loop=LoopConfig(epochs=args.epochs, max_minutes=args.max_minutes, lr=args.lr,
-                                          all_tokens=True, threads=args.threads, seed=args.seed))
-    if args.data:
-        cfg.data = args.data
+    cfg = BaseModelConfig.model_validate(config_values(args, BaseModelConfig, FIELDS))
     try:
         summary = build_base_model(cfg, progress=not args.no_progress)
     except (FileNotFoundError, ValueError) as exc:

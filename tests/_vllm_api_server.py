@@ -44,8 +44,7 @@ def openai_endpoint(tmp_path_factory):
         pytest.skip(f"no model at {model} (set RRR_E2E_MODEL or build it with `make model`)")
     port = _free_port()
     log = tmp_path_factory.mktemp("vllm") / "api_server.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-           "VLLM_HOST_IP": "127.0.0.1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = dict(os.environ)  # with rrr_ray.env's CPU-node settings (conftest)
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),

@@ -6,13 +6,9 @@ from __future__ import annotations
 
 import os
 
-for _key, _value in {
-    "RAY_AUTH_MODE": "disabled", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1",
-    "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_DEDUP_LOGS": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-    "RAY_SERVE_ENABLE_HA_PROXY": "1",
-}.items():
-    os.environ.setdefault(_key, _value)
+from rrr_ray.env import apply_cpu_node_env
+
+apply_cpu_node_env({"RAY_DEDUP_LOGS": "0"})  # before anything imports Ray or vLLM
 
 import pytest  # noqa: E402
 
@@ -27,7 +23,7 @@ FAKE_MODEL = {
 
 def graph_args() -> dict:
     """serve_config.yaml's application args (or those of $RRR_SERVE_CONFIG), plus the fake-engine model."""
-    from rrr_ray.serving.launch import load_app_args
+    from rrr_ray.serving.config import load_app_args
 
     config = os.environ.get("RRR_SERVE_CONFIG", str(REPO / "serve_config.yaml"))
     args = load_app_args(config)
@@ -41,7 +37,8 @@ def graph_args() -> dict:
 @pytest.fixture(scope="session")
 def serve_url():
     """Base URL of the running rrr-ray graph (started once per session)."""
-    from rrr_ray.serving.launch import load_app_env, start_graph, stop_graph
+    from deployments.launch import start_graph, stop_graph
+    from rrr_ray.serving.config import load_app_env
 
     config = os.environ.get("RRR_SERVE_CONFIG", str(REPO / "serve_config.yaml"))
     url = start_graph(graph_args(), timeout_s=600, env=load_app_env(config))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from deployments.app import AppArgs, build_app
-from rrr_ray.serving.launch import load_app_args
+from deployments.app import build_app
+from rrr_ray.serving.config import AppArgs
+from rrr_ray.serving.config import load_app_args
 from tests.helpers import REPO
 
 
@@ -95,7 +96,7 @@ def _deployment_names(app) -> set[str]:
 
 
 def test_access_log_can_be_turned_off_per_deployment():
-    from deployments.app import DeploymentOptions
+    from rrr_ray.serving.config import DeploymentOptions
 
     assert "logging_config" not in DeploymentOptions().serve_options("x")
     assert DeploymentOptions(access_log=False).serve_options("x")["logging_config"] == {"enable_access_log": False}

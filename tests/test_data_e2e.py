@@ -24,8 +24,7 @@ from tests.helpers import REPO, SEED_DIR
 
 pytestmark = pytest.mark.e2e
 
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false",
-       "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}  # with rrr_ray.env's CPU-node settings (conftest)
 ENV.pop("RAY_ADDRESS", None)  # each job starts its own local cluster in-process
 
 

@@ -194,3 +194,88 @@ def test_requests_carry_deterministic_sampling_seeds_and_settings(tmp_path):
     from rrr_ray.data.generation import DialogueGenerator
 
     assert "top_k" not in DialogueGenerator(c)._sampling
+
+
+@pytest.mark.parametrize("make, cls, code, retryable, fatal", [
+    ("AuthenticationError:401", "AuthError", "http_401", False, True),
+    ("PermissionDeniedError:403", "AuthError", "http_403", False, True),
+    ("NotFoundError:404", "ModelNotFound", "http_404", False, True),
+    ("RateLimitError:429", "RateLimited", "http_429", True, False),
+    ("InternalServerError:500", "ServerError", "http_500", True, False),
+    ("APIStatusError:503", "ServerError", "http_503", True, False),
+    ("APIStatusError:408", "TransientStatus", "http_408", True, False),
+    ("BadRequestError:400", "RequestRejected", "http_400", False, False),
+    ("UnprocessableEntityError:422", "RequestRejected", "http_422", False, False),
+    ("APIConnectionError", "EndpointUnreachable", "unreachable", True, True),
+    ("APITimeoutError", "EndpointUnreachable", "unreachable", True, True),
+    ("ValueError", "BadReply", "bad_reply", False, True),
+])
+def test_client_errors_are_classified_by_type(make, cls, code, retryable, fatal):
+    import httpx
+    import openai
+
+    from rrr_ray.data import generation
+
+    request = httpx.Request("POST", "http://h/v1/chat/completions")
+    name, _, status = make.partition(":")
+    if status:
+        exc = getattr(openai, name)("boom", response=httpx.Response(int(status), request=request), body=None)
+    elif name == "ValueError":
+        exc = ValueError("boom")
+    elif name == "APITimeoutError":
+        exc = openai.APITimeoutError(request=request)
+    else:
+        exc = openai.APIConnectionError(request=request)
+    err = generation.endpoint_error(exc, "http://h/v1", "m")
+    assert type(err) is getattr(generation, cls) and isinstance(err, generation.EndpointError)
+    assert (err.code, err.retryable, err.fatal) == (code, retryable, fatal)
+    assert err.status == (int(status) if status else None)
+
+
+def test_error_messages_do_not_decide_the_reason_code():
+    from rrr_ray.data.generation import EndpointUnreachable, ServerError
+
+    err = ServerError("cannot reach anything from here", 502)
+    assert (err.code, err.fatal) == ("http_502", False)
+    err = EndpointUnreachable("HTTP 500 from somewhere")
+    err.attempts = 3
+    assert err.code == "unreachable" and err.fatal and err.describe() == "HTTP 500 from somewhere (after 3 attempts)"
+
+
+def test_client_error_statuses_reject_the_dialogue_without_retries(tmp_path):
+    with FakeOpenAI(fail_chat_with=[400]) as api:
+        s = run_generation(cfg(api.base_url, tmp_path / "gen", num_dialogues=1, concurrency=1, max_turns=1,
+                               max_attempts=1), use_ray=False)
+        assert api.chat_calls() == 1
+    assert s.total == 0 and s.retries == 0 and s.rejected_reasons == {"http_400": 1}
+
+
+def test_persistent_chat_server_errors_reject_the_dialogue_after_bounded_retries(tmp_path):
+    with FakeOpenAI(fail_chat_with=[503] * 3) as api:
+        s = run_generation(cfg(api.base_url, tmp_path / "gen", num_dialogues=1, concurrency=1, max_turns=1,
+                               max_attempts=1, max_retries=2), use_ray=False)
+        assert api.chat_calls() == 3
+    assert s.total == 0 and s.retries == 2 and s.rejected_reasons == {"http_503": 1}
+
+
+def test_unexpected_status_from_the_endpoint_check_is_a_clear_error(tmp_path):
+    with FakeOpenAI(fail_with=[400]) as api:
+        with pytest.raises(GenerationError, match=r"^unexpected HTTP 400 from http://127\.0\.0\.1:\d+/v1/models$"):
+            check_endpoint(cfg(api.base_url, tmp_path / "gen"))
+        assert len(api.requests) == 1
+
+
+def test_cli_options_come_from_the_config_fields():
+    import argparse
+
+    from rrr_ray.data.generation.cli import NOT_OPTIONS, add_generation_arguments, config_from_args
+
+    p = argparse.ArgumentParser()
+    add_generation_arguments(p)
+    options = {a.dest: a for a in p._actions if a.dest in GenerationConfig.model_fields}
+    assert set(options) == set(GenerationConfig.model_fields) - NOT_OPTIONS
+    for name, action in options.items():
+        assert GenerationConfig.model_fields[name].description.rstrip(".")[1:] in action.help, name
+    args = p.parse_args(["--output", "o", "--no-repair", "--mode", "whole", "--num-dialogues", "3"])
+    c = config_from_args(args)
+    assert (c.repair, c.mode, c.num_dialogues, c.concurrency, c.progress) == (False, "whole", 3, 4, True)

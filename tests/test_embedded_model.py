@@ -14,8 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
 FOLDERS = ["rrr-tiny", "rrr-tiny-base"]
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1",
-       "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+ENV = dict(os.environ)  # with rrr_ray.env's CPU-node settings (conftest)
 
 pytestmark = pytest.mark.skipif(not (MODELS / "rrr-tiny" / "config.json").exists(),
                                 reason="no embedded model (run `make model`)")

@@ -12,7 +12,7 @@ import pytest
 
 from rrr_ray.serving import vllm_plugin
 from rrr_ray.serving.engine import EngineConfig, set_child_niceness
-from rrr_ray.serving.launch import load_app_env
+from rrr_ray.serving.config import load_app_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,8 +100,12 @@ def test_engine_niceness_is_validated():
 
 
 def test_serve_config_environment_is_loaded_for_graphs_started_from_python():
+    from rrr_ray.env import CPU_NODE_ENV
+
     env = load_app_env(REPO / "serve_config.yaml")
-    assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    shared = set(env) & set(CPU_NODE_ENV)
+    assert "VLLM_CPU_KVCACHE_SPACE" in shared
+    assert {k: env[k] for k in shared} == {k: CPU_NODE_ENV[k] for k in shared}  # one value for each setting
     assert float(env[vllm_plugin.ENV_BUSY_LOOP]) >= 0
     with pytest.raises(ValueError, match="no application"):
         load_app_env(REPO / "serve_config.yaml", "nope")

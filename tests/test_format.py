@@ -256,5 +256,21 @@ def test_extract_assistant_reply_from_chatml():
     assert extract_assistant_reply("  " + GOOD) == GOOD
 
 
+def test_chatml_pieces_join_to_render_chatml_and_mark_the_replies():
+    from rrr_ray.format.chatml import ASSISTANT_HEADER, IM_END, IM_START, chatml_pieces, render_chatml
+
+    conv = [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": GOOD}, {"role": "user", "content": "and?"}]
+    for gen in (False, True):
+        pieces = list(chatml_pieces(conv, add_generation_prompt=gen))
+        assert "".join(t for t, _ in pieces) == render_chatml(conv, add_generation_prompt=gen)
+        assert [t for t, reply in pieces if reply] == [GOOD + IM_END]
+    assert render_chatml(conv[1:3], add_generation_prompt=True) == (
+        f"{IM_START}user\nhi{IM_END}\n{IM_START}assistant\n{GOOD}{IM_END}\n{ASSISTANT_HEADER}")
+    assert ASSISTANT_HEADER == "<|im_start|>assistant\n"
+
+
 def test_seed_dir_is_inside_the_repository():
-    assert SEED_DIR.is_dir() and "shared" not in SEED_DIR.parts
+    from tests.helpers import REPO
+
+    assert SEED_DIR.is_dir() and SEED_DIR.resolve().is_relative_to(REPO.resolve())

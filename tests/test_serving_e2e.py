@@ -347,18 +347,20 @@ def test_a_killed_vllm_engine_is_restarted_while_the_other_model_answers(serve_u
     os.kill(engines[0].pid, signal.SIGKILL)
     assert wait_until(lambda: health_status(serve_url) == 503, timeout=30, interval=0.2)
     models = httpx.get(f"{serve_url}/health", timeout=30).json()["models"]
-    dead = [m for m in ("rrr-tiny", "rrr-tiny-base") if not models[m]]
+    (dead,) = [m for m in ("rrr-tiny", "rrr-tiny-base") if not models[m]]
     (alive,) = [m for m in ("rrr-tiny", "rrr-tiny-base") if models[m]]
-    assert len(dead) == 1
-    answered = httpx.post(f"{serve_url}/generate", json={"prompt": PROMPT, "model": alive, "max_new_tokens": 8},
-                          timeout=60)
+
+    def generate(model: str) -> httpx.Response:
+        return httpx.post(f"{serve_url}/generate", json={"prompt": PROMPT, "model": model, "max_new_tokens": 8,
+                                                         "ignore_eos": True}, timeout=60)
+
+    assert wait_until(lambda: generate(dead).status_code == 503, timeout=30, interval=0.5)  # restarting
+    restarting = generate(dead)
+    assert "restarting" in restarting.json()["error"] and restarting.headers["retry-after"]
+    answered = generate(alive)  # while the other engine restarts
     assert answered.status_code == 200 and answered.json()["metadata"]["output_tokens"] == 8
-    failed = httpx.post(f"{serve_url}/generate", json={"prompt": PROMPT, "model": dead[0], "max_new_tokens": 8},
-                        timeout=60)
-    assert failed.status_code in (500, 503) and failed.json()["error"]
     assert wait_until(lambda: health_status(serve_url) == 200, timeout=240, interval=1)
     assert ingress.is_running()  # restarted in place: the same replica
-    for model in ("rrr-tiny", "rrr-tiny-base"):
-        r = httpx.post(f"{serve_url}/generate", json={"prompt": PROMPT, "model": model, "max_new_tokens": 8},
-                       timeout=60)
-        assert r.status_code == 200, r.text
+    for model in (dead, alive):
+        r = generate(model)
+        assert r.status_code == 200 and r.json()["metadata"]["output_tokens"] == 8, r.text

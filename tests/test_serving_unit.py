@@ -8,13 +8,14 @@ import json
 import httpx
 import pytest
 
-from deployments.model import ModelServer
-from deployments.postprocessor import PostProcessing
 from rrr_ray import validate
 from rrr_ray.serving.api import create_app
 from rrr_ray.serving.batching import batched
+from rrr_ray.serving.config import StreamingOptions
 from rrr_ray.serving.engine import EngineConfig
 from rrr_ray.serving.fake_engine import VALID_REPLY, FakeEngine
+from rrr_ray.serving.model_server import ModelServer
+from rrr_ray.serving.postprocessing import PostProcessing
 from rrr_ray.serving.protocol import EngineRequest, SamplingOptions
 from rrr_ray.serving.service import RRRService, ServedModel
 from rrr_ray.serving.streams import SectionLabeler, model_stream, postprocess
@@ -25,7 +26,7 @@ def make_service(interval: float = 0.0, max_model_len: int = 512) -> tuple[RRRSe
     (as with ``placement: ingress``), on the fake engine."""
     server = ModelServer({"name": "fake", "path": "-", "engine_class": "rrr_ray.serving.fake_engine:FakeEngine",
                           "max_model_len": max_model_len, "engine_kwargs": {"token_interval_s": interval}},
-                         stream_interval_ms=10, max_hop_messages_per_s=0)
+                         StreamingOptions(stream_interval_ms=10, max_hop_messages_per_s=0))
     postprocessing = PostProcessing({"fake": server})
     return RRRService(postprocessing.stream, postprocessing.health, [ServedModel("fake", "-")]), server.engine
 
@@ -316,7 +317,7 @@ def test_closing_the_in_process_stream_aborts_the_request_in_the_engine():
 
 def fake_server(name: str, start_s: float = 0.0) -> ModelServer:
     return ModelServer({"name": name, "path": "-", "engine_class": "rrr_ray.serving.fake_engine:FakeEngine",
-                        "engine_kwargs": {"token_interval_s": 0.0, "start_s": start_s}}, max_hop_messages_per_s=0)
+                        "engine_kwargs": {"token_interval_s": 0.0, "start_s": start_s}}, StreamingOptions(max_hop_messages_per_s=0))
 
 
 def test_a_dead_engine_is_restarted_in_place_while_the_other_models_keep_answering():

@@ -4,7 +4,6 @@ Ray Train run (2 CPU workers) whose adapter loads with peft, and the merge."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -12,10 +11,6 @@ import pytest
 from rrr_ray import validate
 from rrr_ray.data.records import DialogueRecord
 from rrr_ray.format.chatml import IM_END, IM_START, render_chatml
-
-for _k, _v in {"RAY_AUTH_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-               "RAY_USAGE_STATS_ENABLED": "0"}.items():
-    os.environ.setdefault(_k, _v)
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = [REPO / "data/seed/seed_dialogues.json", REPO / "data/seed/curated_seed_dialogues"]
@@ -31,7 +26,8 @@ CONV = [
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from rrr_ray.training.data import load_records, tagged_records
+    from rrr_ray.data.convert import load_records
+    from rrr_ray.training.data import tagged_records
     from rrr_ray.training.tokenizer import train_tokenizer
 
     recs, _ = tagged_records(load_records(SEED[:1]))
@@ -49,6 +45,15 @@ def test_tokenizer_special_tokens_and_template(tokenizer):
     assert prompt == render_chatml(CONV[:1], add_generation_prompt=True)
     ids = tokenizer(REPLY, add_special_tokens=False)["input_ids"]
     assert tokenizer.decode(ids) == REPLY  # byte-level: lossless round trip
+
+
+@pytest.mark.parametrize("add_generation_prompt", [False, True])
+def test_chat_template_renders_like_render_chatml(tokenizer, add_generation_prompt):
+    conv = [{"role": "system", "content": "You reply in the RRR format."}, *CONV,
+            {"role": "user", "content": "Any advice?"}]
+    for messages in (conv, conv[:3], CONV):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        assert text == render_chatml(messages, add_generation_prompt=add_generation_prompt)
 
 
 def test_assistant_mask_covers_exactly_the_replies(tokenizer):
@@ -86,8 +91,8 @@ def test_truncation_and_prefix_examples(tokenizer):
 
 
 def test_seed_preparation_tagged_untagged_and_split():
-    from rrr_ray.training.data import (load_records, section_documents, split_records, tagged_records,
-                                       untagged_records)
+    from rrr_ray.data.convert import load_records
+    from rrr_ray.training.data import section_documents, split_records, tagged_records, untagged_records
 
     records = load_records(SEED)
     assert len(records) == 60 and sum(r.num_turns for r in records) == 366
@@ -106,12 +111,44 @@ def test_seed_preparation_tagged_untagged_and_split():
 
 
 def test_load_records_errors(tmp_path):
-    from rrr_ray.training.data import load_hf_dataset, load_records
+    from rrr_ray.data.convert import load_hf_dataset, load_records
 
     with pytest.raises(FileNotFoundError):
         load_records([tmp_path / "missing.jsonl"])
     with pytest.raises(FileNotFoundError):
         load_hf_dataset(str(tmp_path / "nope"))
+
+
+def test_load_records_reads_hf_folders_and_checks_ids_on_request(tmp_path):
+    from rrr_ray.data.convert import load_records, to_dataset
+
+    records = load_records(SEED[1:])[:3]
+    to_dataset(records).save_to_disk(str(tmp_path / "hf"))
+    assert load_records([tmp_path / "hf"]) == records
+    assert len(load_records([tmp_path / "hf", tmp_path / "hf"])) == 6
+    with pytest.raises(ValueError, match="duplicated conversation ids"):
+        load_records([tmp_path / "hf", tmp_path / "hf"], unique_ids=True)
+
+
+def test_train_lora_options_come_from_the_config():
+    from jobs.train_lora import config_from_args, parse_args
+    from rrr_ray.training.sft import LoraSettings, SFTJobConfig
+
+    required = ["--base-model", "org/model", "--output-dir", "out/x"]
+    cfg = config_from_args(parse_args(required))
+    expected = SFTJobConfig(base_model="org/model", output_dir=str(Path("out/x").resolve()))
+    assert cfg.model_dump(exclude={"dataset"}) == expected.model_dump(exclude={"dataset"})
+    assert [Path(d).name for d in cfg.dataset] == [Path(d).name for d in expected.dataset]
+    cfg = config_from_args(parse_args(required + [
+        "--lr", "0.01", "--lora-r", "4", "--lora-alpha", "8", "--lora-dropout", "0", "--target-modules", "q_proj",
+        "--modules-to-save", "lm_head", "--no-single-turns", "--use-gpu", "no", "--eval-prompts", "",
+        "--method", "full", "--num-workers", "3"]))
+    assert (cfg.learning_rate, cfg.single_turns, cfg.use_gpu, cfg.eval_prompts, cfg.method, cfg.num_workers) == (
+        0.01, False, False, None, "full", 3)
+    assert cfg.lora == LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=["q_proj"], modules_to_save=["lm_head"])
+    assert parse_args(required + ["--use-gpu", "yes"]).use_gpu is True
+    with pytest.raises(SystemExit):
+        parse_args(required + ["--use-gpu", "maybe"])
 
 
 def test_measure_compliance_counts_strictly():
@@ -133,8 +170,8 @@ def test_measure_compliance_counts_strictly():
 
 
 def test_eval_prompts_file_is_held_out():
+    from rrr_ray.data.convert import load_records
     from rrr_ray.training.compliance import CATEGORIES, load_prompts
-    from rrr_ray.training.data import load_records
 
     prompts = load_prompts(REPO / "data/eval_prompts.jsonl")
     assert len(prompts) >= 40 and len({p["id"] for p in prompts}) == len(prompts)
@@ -159,27 +196,27 @@ def tiny_base(tmp_path_factory, tokenizer):
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
-    from rrr_ray.training.data import load_records, records_to_hf
+    from rrr_ray.data.convert import load_records, to_dataset
 
     out = tmp_path_factory.mktemp("ds") / "hf"
-    records_to_hf(load_records(SEED[1:])[:6]).save_to_disk(str(out))
+    to_dataset(load_records(SEED[1:])[:6]).save_to_disk(str(out))
     return out
 
 
 _RUN_IN_OWN_RAY = """
 import json, sys
 import ray
-from jobs.train_lora import run
+from rrr_ray.training.finetune import fine_tune
 from rrr_ray.training.sft import SFTJobConfig
 ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-print("SUMMARY " + json.dumps(run(SFTJobConfig.model_validate_json(sys.argv[1]))))
+print("SUMMARY " + json.dumps(fine_tune(SFTJobConfig.model_validate_json(sys.argv[1]))))
 """
 
 
 @pytest.fixture(scope="module")
 def ray_train_run(tmp_path_factory, tiny_base, tiny_dataset):
     """A real Ray Train run with 2 CPU workers, in a process (and Ray cluster) of its own: the
-    session's Serve stack holds CPUs in this process's cluster, which 2 workers would wait on."""
+    test run's Serve stack holds CPUs in this process's cluster, which 2 workers would wait on."""
     import subprocess
     import sys
 

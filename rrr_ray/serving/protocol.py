@@ -1,12 +1,23 @@
-"""Request and response models of the HTTP API, shared by the ingress, the client and the tests."""
+"""Request and response models of the HTTP API, shared by the ingress, the client and the tests.
+
+The sampling fields are defined once, as annotated types, and used by both request models. A
+response field marked ``exclude_if=_absent`` is left out of the body when it is ``None`` (the
+body omits it rather than sending ``null``).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rrr_ray.format import RepairReport, Validation
+
 MAX_NEW_TOKENS_LIMIT = 2048
+
+
+def _absent(value: object) -> bool:
+    return value is None
 
 
 class ChatMessage(BaseModel):
@@ -14,15 +25,31 @@ class ChatMessage(BaseModel):
     content: str
 
 
+# -- sampling fields, shared by /generate and /v1/chat/completions -------------------------------
+
+MaxNewTokens = Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS_LIMIT)]
+Temperature = Annotated[float, Field(ge=0.0, le=2.0, description="0 is greedy.")]
+TopP = Annotated[float, Field(gt=0.0, le=1.0, description="Nucleus sampling: the probability mass kept.")]
+TopK = Annotated[int, Field(ge=-1, description="-1 or 0 disables top-k.")]
+RepetitionPenalty = Annotated[float, Field(gt=0.0, le=2.0, description="Above 1 discourages repeating tokens.")]
+Seed = Annotated[Optional[int], Field(description="Sampling seed, for reproducible replies.")]
+
+DEFAULT_MAX_NEW_TOKENS = 256
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_TOP_P = 0.9
+DEFAULT_TOP_K = 40
+DEFAULT_REPETITION_PENALTY = 1.1
+
+
 class SamplingOptions(BaseModel):
     """Sampling settings, validated at the edge (out-of-range values are a 422)."""
 
-    max_new_tokens: int = Field(256, ge=1, le=MAX_NEW_TOKENS_LIMIT, description="Most tokens to generate.")
-    temperature: float = Field(0.7, ge=0.0, le=2.0, description="0 is greedy.")
-    top_p: float = Field(0.9, gt=0.0, le=1.0)
-    top_k: int = Field(40, ge=-1, description="-1 or 0 disables top-k.")
-    repetition_penalty: float = Field(1.1, gt=0.0, le=2.0)
-    seed: Optional[int] = Field(None, description="Sampling seed, for reproducible replies.")
+    max_new_tokens: MaxNewTokens = Field(DEFAULT_MAX_NEW_TOKENS, description="Most tokens to generate.")
+    temperature: Temperature = DEFAULT_TEMPERATURE
+    top_p: TopP = DEFAULT_TOP_P
+    top_k: TopK = DEFAULT_TOP_K
+    repetition_penalty: RepetitionPenalty = DEFAULT_REPETITION_PENALTY
+    seed: Seed = None
     ignore_eos: bool = Field(False, description="Keep generating past end-of-sequence (benchmarks).")
 
 
@@ -47,6 +74,9 @@ class GenerateRequest(SamplingOptions):
             raise ValueError("the last message must be a user message")
         return self
 
+    def sampling(self) -> SamplingOptions:
+        return SamplingOptions(**self.model_dump(include=set(SamplingOptions.model_fields)))
+
     def chat_messages(self) -> list[dict[str, str]]:
         history = [m.model_dump() for m in self.messages] if self.messages else [{"role": "user", "content": self.prompt}]
         if self.system and not any(m["role"] == "system" for m in history):
@@ -64,6 +94,8 @@ class EngineRequest(BaseModel):
     guided_regex: Optional[str] = None
 
 
+# -- /generate responses --------------------------------------------------------------------------
+
 class GenerationMetadata(BaseModel):
     input_tokens: int
     output_tokens: int
@@ -77,17 +109,65 @@ class GenerationMetadata(BaseModel):
 
 
 class GenerateResponse(BaseModel):
+    """``POST /generate``, not streamed: the reply and its verdict."""
+
     generated_text: str
     metadata: Optional[GenerationMetadata]
-    validation: Optional[dict[str, Any]]
-    repaired_text: Optional[str] = None
-    repair: Optional[dict[str, Any]] = None
+    validation: Optional[Validation]
+    repaired_text: Optional[str] = Field(None, description="With repair: the reply after repair.")
+    repair: Optional[RepairReport] = Field(None, description="With repair: what repair changed.")
     error: Optional[str] = None
 
 
-class ErrorBody(BaseModel):
+class GenerateFailure(BaseModel):
+    """``POST /generate``, not streamed, when the engine failed after the reply began (a 500)."""
+
+    generated_text: str = Field(description="The text generated before the error.")
+    metadata: None = None
+    validation: None = None
     error: str
-    detail: Any = None
+
+
+class GenerateStreamToken(BaseModel):
+    """One NDJSON line of a streamed ``POST /generate``: a token and the RRR section it belongs to."""
+
+    token: str
+    section: Optional[str] = Field(description="react, respond or reflect; null outside the sections.")
+    finished: Literal[False] = False
+
+
+class GenerateStreamEnd(BaseModel):
+    """The last NDJSON line: the metadata and verdict, or the error that ended the stream."""
+
+    token: Literal[""] = ""
+    finished: Literal[True] = True
+    metadata: Optional[GenerationMetadata] = Field(None, exclude_if=_absent)
+    validation: Optional[Validation] = Field(None, exclude_if=_absent)
+    repaired_text: Optional[str] = Field(None, exclude_if=_absent)
+    repair: Optional[RepairReport] = Field(None, exclude_if=_absent)
+    error: Optional[str] = Field(None, exclude_if=_absent)
+
+
+class ValidationIssue(BaseModel):
+    type: str
+    loc: list[Union[str, int]]
+    msg: str
+
+
+class ErrorBody(BaseModel):
+    """A 4xx (or a 500 before the reply began) outside ``/v1``."""
+
+    error: str
+    detail: Optional[list[ValidationIssue]] = Field(None, exclude_if=_absent,
+                                                    description="The validation errors (422, invalid JSON).")
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "unhealthy"]
+    model_loaded: bool
+    models: dict[str, bool] = Field(description="Per served name: whether its engine is healthy.")
+    unfinished_requests: dict[str, Optional[int]]
+    error: Optional[str] = Field(None, exclude_if=_absent, description="What is wrong, when unhealthy.")
 
 
 # -- OpenAI-compatible ---------------------------------------------------------------------------
@@ -99,13 +179,13 @@ class ChatCompletionRequest(BaseModel):
 
     model: Optional[str] = None
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: Optional[int] = Field(None, ge=1, le=MAX_NEW_TOKENS_LIMIT)
-    max_completion_tokens: Optional[int] = Field(None, ge=1, le=MAX_NEW_TOKENS_LIMIT)
-    temperature: float = Field(0.7, ge=0.0, le=2.0)
-    top_p: float = Field(0.9, gt=0.0, le=1.0)
-    top_k: int = Field(40, ge=-1)
-    repetition_penalty: float = Field(1.1, gt=0.0, le=2.0)
-    seed: Optional[int] = None
+    max_tokens: Optional[MaxNewTokens] = None
+    max_completion_tokens: Optional[MaxNewTokens] = None
+    temperature: Temperature = DEFAULT_TEMPERATURE
+    top_p: TopP = DEFAULT_TOP_P
+    top_k: TopK = DEFAULT_TOP_K
+    repetition_penalty: RepetitionPenalty = DEFAULT_REPETITION_PENALTY
+    seed: Seed = None
     n: int = Field(1, ge=1, le=1, description="Only one choice per request.")
     stream: bool = False
     guided: bool = Field(False, description="rrr-ray extension (pass through extra_body).")
@@ -118,6 +198,84 @@ class ChatCompletionRequest(BaseModel):
 
     def sampling(self) -> SamplingOptions:
         return SamplingOptions(
-            max_new_tokens=self.max_completion_tokens or self.max_tokens or 256,
+            max_new_tokens=self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_NEW_TOKENS,
             temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
             repetition_penalty=self.repetition_penalty, seed=self.seed)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatCompletionChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Optional[str]
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatCompletionChoice]
+    usage: Usage
+    rrr_validation: Validation = Field(description="rrr-ray extension: the RRR verdict on the reply.")
+
+
+class ChunkDelta(BaseModel):
+    role: Optional[Literal["assistant"]] = Field(None, exclude_if=_absent)
+    content: Optional[str] = Field(None, exclude_if=_absent)
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChunkDelta
+    finish_reason: Optional[str] = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One SSE event of a streamed chat completion; the last one carries usage and the verdict."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Optional[Usage] = Field(None, exclude_if=_absent)
+    rrr_validation: Optional[Validation] = Field(None, exclude_if=_absent)
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "rrr-ray"
+    root: str
+    parent: Optional[str] = Field(description="The base model, for a LoRA adapter.")
+    description: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+class OpenAIError(BaseModel):
+    """Every error under ``/v1``, in OpenAI's shape."""
+
+    error: OpenAIErrorDetail

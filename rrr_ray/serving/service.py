@@ -3,13 +3,12 @@
 
 The service is given a ``stream`` function (in the graph: a call to the post-processor
 deployment; in unit tests: the post-processor logic over a fake engine), so the same code is
-tested with and without Ray.
+tested with and without Ray. Each reply is read by the one consumer of ``replies`` and shaped by
+its formatters.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,12 +17,14 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from rrr_ray.format import guided_regex
-from rrr_ray.serving.engine import BadRequestError
+from rrr_ray.serving.engine import ModelNotServedError
 from rrr_ray.serving.metrics import ServingMetrics
-from rrr_ray.serving.protocol import ChatCompletionRequest, EngineRequest, GenerateRequest, SamplingOptions
+from rrr_ray.serving.protocol import (
+    AssistantMessage, ChatCompletion, ChatCompletionChoice, ChatCompletionRequest, EngineRequest, GenerateFailure,
+    GenerateRequest, GenerateResponse, HealthResponse, ModelCard, ModelList, SamplingOptions)
+from rrr_ray.serving.replies import (
+    Failed, ReplyEvents, ndjson, open_reply, openai_error, sse, terminal, typed_json, usage)
 from rrr_ray.serving.streams import OutputChunk
-
-logger = logging.getLogger(__name__)
 
 StreamFn = Callable[[EngineRequest, bool], AsyncIterator[OutputChunk]]
 HealthFn = Callable[[], Awaitable[dict[str, dict[str, Any]]]]
@@ -38,14 +39,6 @@ class ServedModel:
     root: str
     description: str = ""
     parent: Optional[str] = None  # the base model, for a LoRA adapter
-
-
-@dataclass
-class _Collected:
-    text: str
-    final: Optional[dict[str, Any]] = None
-    metadata: Optional[dict[str, Any]] = None
-    error: Optional[str] = None
 
 
 class RRRService:
@@ -68,7 +61,7 @@ class RRRService:
     def resolve_model(self, name: Optional[str]) -> str:
         name = name or self.default_model
         if name not in self.models:
-            raise BadRequestError(f"model {name!r} is not served; available: {', '.join(self.models)}", 404)
+            raise ModelNotServedError(name, self.models)
         return name
 
     def engine_request(self, model: Optional[str], messages: list[dict[str, str]], sampling: SamplingOptions,
@@ -77,188 +70,58 @@ class RRRService:
                              messages=messages, sampling=sampling,
                              guided_regex=self._regex if guided else None)
 
-    async def _open(self, request: EngineRequest, with_repair: bool) -> tuple[OutputChunk, AsyncIterator[OutputChunk]]:
-        """Start the stream and wait for its first chunk, so a bad request still gets a 4xx."""
-        stream = self.stream(request, with_repair)
-        first = await anext(stream, None)
-        if first is None:
-            first = OutputChunk(finished=True, error="the stream ended before it began", status=500)
-        if first.error is not None and first.status is not None:
-            await _close(stream)
-            raise BadRequestError(first.error, first.status)
-        return first, stream
-
-    async def _chunks(self, first: OutputChunk, stream: AsyncIterator[OutputChunk]) -> AsyncIterator[OutputChunk]:
-        try:
-            yield first
-            if not first.finished:
-                async for chunk in stream:
-                    yield chunk
-                    if chunk.finished:
-                        break
-        finally:
-            await _close(stream)
-
-    def _metadata(self, model: str, final: dict[str, Any], start: float, first_token: Optional[float]) -> dict[str, Any]:
-        total = time.perf_counter() - start
-        ttft = None if first_token is None else first_token - start
-        out_tokens = final["output_tokens"]
-        if self.metrics is not None:
-            self.metrics.record(model, ttft, final.get("engine_ttft_s"), total, out_tokens,
-                                final["validation"]["valid"])
-        return {
-            "input_tokens": final["input_tokens"], "output_tokens": out_tokens,
-            "inference_time_seconds": round(total, 4),
-            "tokens_per_second": round(out_tokens / total, 2) if total > 0 else 0.0,
-            "time_to_first_token_seconds": None if ttft is None else round(ttft, 4),
-            "engine_time_to_first_token_seconds": _round(final.get("engine_ttft_s")),
-            "engine_time_seconds": _round(final.get("engine_time_s")),
-            "finish_reason": final.get("finish_reason"), "model": model,
-        }
-
-    async def _collect(self, model: str, chunks: AsyncIterator[OutputChunk], start: float) -> "_Collected":
-        """Drain a stream for a non-streaming response."""
-        parts: list[str] = []
-        first_token = None
-        async for chunk in chunks:
-            if chunk.tokens and first_token is None:
-                first_token = time.perf_counter()
-            parts.extend(t for t, _ in chunk.tokens)
-            if chunk.error is not None:
-                self._record_error(model)
-                return _Collected("".join(parts), error=chunk.error)
-            if chunk.finished and chunk.final is not None:
-                metadata = self._metadata(model, chunk.final, start, first_token)
-                return _Collected(chunk.final["text"], final=chunk.final, metadata=metadata)
-        return _Collected("".join(parts), error="the stream ended without a result")
+    async def reply(self, request: EngineRequest, with_repair: bool, start: float) -> ReplyEvents:
+        """Start the request's stream and return its events (see ``replies.open_reply``)."""
+        return await open_reply(self.stream(request, with_repair), request.model, start, self.metrics)
 
     # -- /generate ------------------------------------------------------------------------------
 
     async def generate(self, body: GenerateRequest) -> Response:
         start = time.perf_counter()
-        sampling = SamplingOptions(**body.model_dump(include=set(SamplingOptions.model_fields)))
-        request = self.engine_request(body.model, body.chat_messages(), sampling, body.guided)
-        first, stream = await self._open(request, body.repair)
-        chunks = self._chunks(first, stream)
+        request = self.engine_request(body.model, body.chat_messages(), body.sampling(), body.guided)
+        events = await self.reply(request, body.repair, start)
         if body.stream:
-            return StreamingResponse(self._ndjson(request.model, chunks, start), media_type="application/x-ndjson")
-        result = await self._collect(request.model, chunks, start)
-        if result.error is not None:
-            return JSONResponse({"generated_text": result.text, "metadata": None, "validation": None,
-                                 "error": result.error}, status_code=500)
-        final = result.final
-        return JSONResponse({
-            "generated_text": final["text"], "metadata": result.metadata, "validation": final["validation"],
-            "repaired_text": final.get("repaired_text"), "repair": final.get("repair"), "error": None})
-
-    async def _ndjson(self, model: str, chunks: AsyncIterator[OutputChunk], start: float) -> AsyncIterator[bytes]:
-        first_token = None
-        async for chunk in chunks:
-            if chunk.tokens and first_token is None:
-                first_token = time.perf_counter()
-            lines = [json.dumps({"token": t, "section": s, "finished": False}) for t, s in chunk.tokens]
-            if chunk.error is not None:
-                self._record_error(model)
-                lines.append(json.dumps({"token": "", "finished": True, "error": chunk.error}))
-            elif chunk.finished and chunk.final is not None:
-                final = chunk.final
-                last = {"token": "", "finished": True, "metadata": self._metadata(model, final, start, first_token),
-                        "validation": final["validation"]}
-                if "repaired_text" in final:
-                    last.update(repaired_text=final["repaired_text"], repair=final["repair"])
-                lines.append(json.dumps(last))
-            if lines:
-                yield ("\n".join(lines) + "\n").encode()
+            return StreamingResponse(ndjson(events), media_type="application/x-ndjson")
+        end = await terminal(events)
+        if isinstance(end, Failed):
+            return typed_json(GenerateFailure(generated_text=end.text, error=end.error), 500)
+        record = end.record
+        return typed_json(GenerateResponse(generated_text=record.text, metadata=end.metadata,
+                                           validation=record.validation, repaired_text=record.repaired_text,
+                                           repair=record.repair))
 
     # -- OpenAI-compatible ----------------------------------------------------------------------
 
-    def list_models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [
-            {"id": m.name, "object": "model", "created": self.created, "owned_by": "rrr-ray", "root": m.root,
-             "parent": m.parent, "description": m.description} for m in self.models.values()]}
+    def list_models(self) -> ModelList:
+        return ModelList(data=[ModelCard(id=m.name, created=self.created, root=m.root, parent=m.parent,
+                                         description=m.description) for m in self.models.values()])
 
     async def chat_completions(self, body: ChatCompletionRequest) -> Response:
         start = time.perf_counter()
         request = self.engine_request(body.model, [m.model_dump() for m in body.messages], body.sampling(),
                                       body.guided)
-        first, stream = await self._open(request, False)
-        chunks = self._chunks(first, stream)
+        events = await self.reply(request, False, start)
         completion_id = f"chatcmpl-{request.request_id[4:]}"
         if body.stream:
-            return StreamingResponse(self._sse(request.model, completion_id, chunks, start),
-                                     media_type="text/event-stream")
-        result = await self._collect(request.model, chunks, start)
-        if result.error is not None:
-            return JSONResponse(openai_error(result.error, "engine_error"), status_code=500)
-        final = result.final
-        return JSONResponse({
-            "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": request.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": final["text"]},
-                         "finish_reason": final["finish_reason"]}],
-            "usage": _usage(final), "rrr_validation": final["validation"]})
-
-    async def _sse(self, model: str, completion_id: str, chunks: AsyncIterator[OutputChunk],
-                   start: float) -> AsyncIterator[bytes]:
-        created = int(time.time())
-        first_token = None
-
-        def event(delta: dict[str, Any], finish: Optional[str] = None, **extra: Any) -> str:
-            payload = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
-            return f"data: {json.dumps(payload)}\n\n"
-
-        yield event({"role": "assistant", "content": ""}).encode()
-        async for chunk in chunks:
-            if chunk.tokens and first_token is None:
-                first_token = time.perf_counter()
-            out = [event({"content": t}) for t, _ in chunk.tokens]
-            if chunk.error is not None:
-                self._record_error(model)
-                out.append(f"data: {json.dumps(openai_error(chunk.error, 'engine_error'))}\n\n")
-                out.append("data: [DONE]\n\n")
-            elif chunk.finished and chunk.final is not None:
-                final = chunk.final
-                self._metadata(model, final, start, first_token)
-                out.append(event({}, final["finish_reason"] or "stop", usage=_usage(final),
-                                 rrr_validation=final["validation"]))
-                out.append("data: [DONE]\n\n")
-            if out:
-                yield "".join(out).encode()
+            return StreamingResponse(sse(events, completion_id, request.model), media_type="text/event-stream")
+        end = await terminal(events)
+        if isinstance(end, Failed):
+            return typed_json(openai_error(end.error, "engine_error"), 500)
+        record = end.record
+        return typed_json(ChatCompletion(
+            id=completion_id, created=int(time.time()), model=request.model,
+            choices=[ChatCompletionChoice(message=AssistantMessage(content=record.text),
+                                          finish_reason=record.finish_reason)],
+            usage=usage(record), rrr_validation=record.validation))
 
     # -- /health --------------------------------------------------------------------------------
 
     async def health(self) -> JSONResponse:
         report = await self.health_check()
         dead = {name: r["error"] for name, r in report.items() if r.get("error")}
-        body: dict[str, Any] = {"status": "ok" if not dead else "unhealthy", "model_loaded": not dead,
-                                "models": {name: not r.get("error") for name, r in report.items()},
-                                "unfinished_requests": {name: r.get("unfinished_requests") for name, r in report.items()}}
-        if dead:
-            body["error"] = "; ".join(f"{name}: {err}" for name, err in dead.items())
-        return JSONResponse(body, status_code=503 if dead else 200)
-
-    def _record_error(self, model: str) -> None:
-        if self.metrics is not None:
-            self.metrics.record_error(model)
-
-
-def openai_error(message: str, kind: str = "invalid_request_error", code: Optional[str] = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
-
-
-def _usage(final: dict[str, Any]) -> dict[str, int]:
-    return {"prompt_tokens": final["input_tokens"], "completion_tokens": final["output_tokens"],
-            "total_tokens": final["input_tokens"] + final["output_tokens"]}
-
-
-def _round(value: Optional[float]) -> Optional[float]:
-    return None if value is None else round(value, 4)
-
-
-async def _close(stream: AsyncIterator[Any]) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        try:
-            await aclose()
-        except Exception:  # closing a finished or broken stream is best-effort
-            logger.debug("closing stream failed", exc_info=True)
+        body = HealthResponse(
+            status="ok" if not dead else "unhealthy", model_loaded=not dead,
+            models={name: not r.get("error") for name, r in report.items()},
+            unfinished_requests={name: r.get("unfinished_requests") for name, r in report.items()},
+            error="; ".join(f"{name}: {err}" for name, err in dead.items()) if dead else None)
+        return typed_json(body, 503 if dead else 200)

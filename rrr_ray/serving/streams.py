@@ -2,8 +2,9 @@
 
 ``model_stream``: engine deltas -> ``ModelChunk`` batches (the model deployment's output).
 ``postprocess``: ``ModelChunk`` batches -> ``OutputChunk`` batches with every token labelled by
-its RRR section and a final ``Validation`` (the post-processor deployment's output).
-Errors travel as data (a chunk with ``error``), so every hop ends its stream cleanly.
+its RRR section and, on the last, the ``FinalRecord`` (the post-processor deployment's output).
+Errors travel as data (a chunk with ``error``), so every hop ends its stream cleanly. Chunks and
+records cross Ray hops, so they are plain picklable dataclasses.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Optional, Union
+from typing import AsyncIterator, Callable, Optional, Union
 
-from rrr_ray.format import StreamValidator, repair
+from rrr_ray.format import RepairReport, StreamValidator, Validation, repair
 from rrr_ray.format.stream import StreamEvent
 from rrr_ray.serving.batching import batched
 from rrr_ray.serving.engine import BadRequestError, Engine, EngineError
@@ -39,12 +40,27 @@ class ModelChunk:
 
 
 @dataclass(slots=True)
+class FinalRecord:
+    """A finished reply: its text, the verdict, the engine's counts and times, and the repair if asked."""
+
+    text: str
+    validation: Validation
+    input_tokens: int
+    output_tokens: int
+    finish_reason: Optional[str] = None
+    engine_ttft_s: Optional[float] = None
+    engine_time_s: Optional[float] = None
+    repaired_text: Optional[str] = None  # with repair only
+    repair: Optional[RepairReport] = None  # with repair only
+
+
+@dataclass(slots=True)
 class OutputChunk:
     """One Ray message from the post-processor: labelled tokens, and the verdict at the end."""
 
     tokens: list[tuple[str, Optional[str]]] = field(default_factory=list)
     finished: bool = False
-    final: Optional[dict[str, Any]] = None
+    final: Optional[FinalRecord] = None
     error: Optional[str] = None
     status: Optional[int] = None
 
@@ -103,7 +119,7 @@ class SectionLabeler:
             return [(token, v.section or v.next_section)]
         return [(token, _label(events, v.section))]
 
-    def close(self) -> Any:
+    def close(self) -> Validation:
         return self.validator.close()
 
 
@@ -132,17 +148,11 @@ async def postprocess(chunks: AsyncIterator[ModelChunk], with_repair: bool = Fal
                 sent_any = True
                 yield OutputChunk(tokens=tokens)
             continue
-        validation = labeler.close()
-        text = "".join(parts)
-        final: dict[str, Any] = {
-            "text": text, "validation": validation.model_dump(mode="json"), "input_tokens": input_tokens,
-            "output_tokens": output_tokens, "finish_reason": chunk.finish_reason,
-            "engine_ttft_s": engine_ttft, "engine_time_s": chunk.engine_time_s,
-        }
+        final = FinalRecord(text="".join(parts), validation=labeler.close(), input_tokens=input_tokens,
+                            output_tokens=output_tokens, finish_reason=chunk.finish_reason,
+                            engine_ttft_s=engine_ttft, engine_time_s=chunk.engine_time_s)
         if with_repair:
-            repaired, report = repair(text)
-            final["repaired_text"] = repaired
-            final["repair"] = report.model_dump(mode="json")
+            final.repaired_text, final.repair = repair(final.text)
         yield OutputChunk(tokens=tokens, finished=True, final=final)
         return
     yield OutputChunk(finished=True, error="the model stream ended without finishing")

@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rrr_ray.format.chatml import IM_END, IM_START
+from rrr_ray.training.tokenizer import PAD_TOKEN
+
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
@@ -44,7 +47,7 @@ The reply text of a model this small is not coherent; the format is what it lear
 """
     arch = (f"MistralForCausalLM, {base.get('parameters', 0) / 1e6:.2f}M parameters (hidden 256, 4 layers, "
             f"4 heads, 2 KV heads, intermediate 768), byte-level BPE of {base.get('vocab_size')} tokens with "
-            "ChatML special tokens (`<|im_start|>`, `<|im_end|>` = EOS, `<|pad|>`) and a ChatML chat template; "
+            f"ChatML special tokens (`{IM_START}`, `{IM_END}` = EOS, `{PAD_TOKEN}`) and a ChatML chat template; "
             "bf16 safetensors, context 1024.")
     cards = {
         "rrr-tiny": f"""# rrr-tiny (the default served model)

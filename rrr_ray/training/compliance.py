@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 GenerateFn = Callable[[list[str]], list[str]]
 CATEGORIES: tuple[str, ...] = ("general", "emotional_support", "practical_advice", "philosophical", "adversarial")
+DEFAULT_EVAL_PROMPTS = "data/eval_prompts.jsonl"
+"""The held-out prompts of the repository (never seen in training)."""
 
 
 def load_prompts(path: str | Path) -> list[dict[str, str]]:

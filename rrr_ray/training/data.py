@@ -1,6 +1,7 @@
 """Training data: seed dialogues as ChatML token sequences with assistant-only loss masks.
 
-Records are ``{conversation_id, messages, num_turns}`` (:class:`rrr_ray.data.records.DialogueRecord`).
+Records are ``{conversation_id, messages, num_turns}`` (:class:`rrr_ray.data.records.DialogueRecord`),
+read with :func:`rrr_ray.data.convert.load_records`.
 Assistant turns are repaired with :func:`rrr_ray.repair` before training (tagged text), or reduced to
 the spoken reply (the ``respond`` section) for the untagged pretraining text of the base model.
 """
@@ -10,65 +11,17 @@ from __future__ import annotations
 import logging
 import random
 import re
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from rrr_ray.data.records import DialogueRecord, read_dialogues
+from rrr_ray.data.records import DialogueRecord
 from rrr_ray.format import repair, validate
-from rrr_ray.format.chatml import ASSISTANT_HEADER, IM_END, IM_START
+from rrr_ray.format.chatml import chatml_pieces
 from rrr_ray.format.spec import SECTION_NAMES
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SEED_PATHS: tuple[str, ...] = ("data/seed/seed_dialogues.json", "data/seed/curated_seed_dialogues")
 _ANY_TAG = re.compile(r"</?\s*(?:" + "|".join(SECTION_NAMES) + r")\s*>", re.IGNORECASE)
-
-
-def load_records(paths: Iterable[str | Path]) -> list[DialogueRecord]:
-    """Read dialogue records from seed files/folders, JSONL shards or a saved HF dataset folder."""
-    records: list[DialogueRecord] = []
-    for p in paths:
-        p = Path(p)
-        if not p.exists():
-            raise FileNotFoundError(f"{p}: no such dataset file or folder")
-        if p.is_dir() and ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists()):
-            records.extend(records_from_hf(load_hf_dataset(str(p))))
-        else:
-            records.extend(read_dialogues(p))
-    if not records:
-        raise ValueError(f"no dialogues found in {', '.join(map(str, paths))}")
-    return records
-
-
-def load_hf_dataset(name_or_path: str, split: str = "train"):
-    """A Hugging Face dataset from disk (``save_to_disk`` folder) or by hub name where reachable."""
-    import datasets
-
-    p = Path(name_or_path)
-    if p.exists():
-        ds = datasets.load_from_disk(str(p))
-    elif "/" in name_or_path and not p.is_absolute() and not name_or_path.startswith("."):
-        ds = datasets.load_dataset(name_or_path)
-    else:
-        raise FileNotFoundError(f"{name_or_path}: no such dataset folder (and not a hub dataset name)")
-    if isinstance(ds, datasets.DatasetDict):
-        if split not in ds:
-            raise ValueError(f"{name_or_path}: no split {split!r} (has {', '.join(ds)})")
-        ds = ds[split]
-    missing = {"conversation_id", "messages"} - set(ds.column_names)
-    if missing:
-        raise ValueError(f"{name_or_path}: not a dialogue dataset, missing columns {sorted(missing)}")
-    return ds
-
-
-def records_from_hf(ds) -> list[DialogueRecord]:
-    return [DialogueRecord.from_messages(str(row["conversation_id"]), row["messages"]) for row in ds]
-
-
-def records_to_hf(records: Sequence[DialogueRecord]):
-    import datasets
-
-    return datasets.Dataset.from_list([r.to_dict() for r in records])
 
 
 def tagged_records(records: Iterable[DialogueRecord]) -> tuple[list[DialogueRecord], int]:
@@ -141,24 +94,14 @@ def tokenize_chatml(messages: Sequence[dict[str, str]], tokenizer, max_length: i
     """ChatML token ids of a conversation and its assistant mask (1 on the tokens of each assistant
     reply and its closing ``<|im_end|>``, 0 elsewhere), truncated to ``max_length``.
 
-    The layout is :func:`rrr_ray.format.chatml.render_chatml`, tokenised piece by piece so that the
+    The pieces of :func:`rrr_ray.format.chatml.chatml_pieces` are tokenised one by one, so that the
     mask boundaries are exact."""
     ids: list[int] = []
     mask: list[int] = []
-
-    def add(text: str, m: int) -> None:
+    for text, is_reply in chatml_pieces(messages):
         t = tokenizer(text, add_special_tokens=False)["input_ids"]
         ids.extend(t)
-        mask.extend([m] * len(t))
-
-    for msg in messages:
-        role, content = msg["role"], msg["content"]
-        add(f"{IM_START}{role}\n", 0)
-        if role == "assistant":
-            add(f"{content}{IM_END}", 1)
-            add("\n", 0)
-        else:
-            add(f"{content}{IM_END}\n", 0)
+        mask.extend([int(is_reply)] * len(t))
     return {"input_ids": ids[:max_length], "assistant_masks": mask[:max_length]}
 
 
@@ -200,7 +143,3 @@ def first_user_prompts(records: Sequence[DialogueRecord], all_turns: bool = Fals
             item = {"id": f"{r.conversation_id}:{k}", "category": "validation", "prompt": u}
             (firsts if k == 0 else later).append(item)
     return firsts + (later if all_turns else [])
-
-
-def chatml_prompt(prompt: str) -> str:
-    return f"{IM_START}user\n{prompt}{IM_END}\n{ASSISTANT_HEADER}"

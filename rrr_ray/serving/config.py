@@ -1,0 +1,119 @@
+"""The serving graph's configuration: the ``args:`` of the application in serve_config.yaml.
+
+Pydantic models with every field described, validated when the graph is built
+(``deployments.app.build_app``), and the readers of a Serve config file.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, Field, model_validator
+
+from rrr_ray.serving.batching import LoadAwareWindow
+from rrr_ray.serving.engine import EngineConfig
+
+
+class StreamingOptions(BaseModel):
+    """How tokens are batched across a Ray hop (``rrr_ray.serving.batching``)."""
+
+    stream_interval_ms: float = Field(20.0, ge=0, description="Shortest batch window for tokens crossing a "
+                                      "Ray hop (the first token of a reply is always sent at once).")
+    max_hop_messages_per_s: float = Field(200.0, ge=0, description="Message rate a model replica aims to stay "
+                                          "under across all its streams; the window widens with load (0: fixed).")
+
+    def window(self) -> LoadAwareWindow:
+        return LoadAwareWindow(self.stream_interval_ms / 1000.0, self.max_hop_messages_per_s)
+
+
+class DeploymentOptions(BaseModel):
+    """Ray Serve options of one deployment (see Ray Serve's deployment docs)."""
+
+    num_cpus: float = Field(0.1, ge=0, description="CPUs reserved per replica (fractional on small machines).")
+    num_gpus: float = Field(0, ge=0, description="GPUs per replica (1 for a 7B model on a GPU node).")
+    num_replicas: Optional[int] = Field(None, ge=1, description="Fixed replicas; leave out to autoscale.")
+    autoscaling_config: Optional[dict[str, Any]] = Field(
+        None, description="min_replicas, max_replicas, target_ongoing_requests, ...")
+    max_ongoing_requests: Optional[int] = Field(None, ge=1, description="Concurrent requests per replica.")
+    max_queued_requests: Optional[int] = Field(None, description="Queued requests before 503s (-1: no limit).")
+    access_log: bool = Field(True, description="Serve's per-request access log line in the replica's log file.")
+
+    def serve_options(self, name: str) -> dict[str, Any]:
+        opts: dict[str, Any] = {"name": name, "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}}
+        if self.autoscaling_config is not None:
+            opts["autoscaling_config"] = self.autoscaling_config
+        elif self.num_replicas is not None:
+            opts["num_replicas"] = self.num_replicas
+        if self.max_ongoing_requests is not None:
+            opts["max_ongoing_requests"] = self.max_ongoing_requests
+        if self.max_queued_requests is not None:
+            opts["max_queued_requests"] = self.max_queued_requests
+        if not self.access_log:
+            opts["logging_config"] = {"enable_access_log": False}
+        return opts
+
+
+class PostProcessorOptions(DeploymentOptions):
+    """Where the streaming RRR post-processor runs, and its deployment's options when it has one."""
+
+    placement: Literal["deployment", "ingress"] = Field(
+        "deployment", description="'deployment': replicas of its own, scaled apart from the ingress; 'ingress': "
+        "inside each ingress replica, which saves one Ray hop per request (the other options are then unused).")
+
+
+class ModelArgs(EngineConfig):
+    """A served model: engine settings plus how its deployment is placed and scaled."""
+
+    placement: Literal["deployment", "ingress"] = Field(
+        "deployment", description="'deployment': replicas of its own (RRRModel:<name>), scaled apart; 'ingress': "
+        "the engine runs inside each ingress replica, no Ray hop per request (needs the post-processor in the "
+        "ingress; of `deployment`, only num_cpus and num_gpus are used, added to the ingress's).")
+    deployment: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_cpus=0.4))
+
+
+class AppArgs(StreamingOptions):
+    """The ``args:`` of the application in serve_config.yaml."""
+
+    models: list[ModelArgs] = Field(min_length=1, description="Served models; the first is the default.")
+    default_model: Optional[str] = Field(None, description="Answers requests that name no model.")
+    ingress: DeploymentOptions = Field(default_factory=DeploymentOptions)
+    postprocessor: PostProcessorOptions = Field(default_factory=PostProcessorOptions)
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> "AppArgs":
+        names = [n for m in self.models for n in m.served_names()]
+        if len(names) != len(set(names)):
+            raise ValueError(f"served model names must be unique: {names}")
+        if self.default_model is not None and self.default_model not in names:
+            raise ValueError(f"default_model {self.default_model!r} is not among {names}")
+        in_ingress = [m.name for m in self.models if m.placement == "ingress"]
+        if in_ingress and self.postprocessor.placement != "ingress":
+            raise ValueError(f"models {in_ingress} have placement 'ingress', which needs the post-processor there "
+                             "too (postprocessor.placement: ingress)")
+        return self
+
+    def streaming(self) -> StreamingOptions:
+        return StreamingOptions(**self.model_dump(include=set(StreamingOptions.model_fields)))
+
+
+def _load_app(config_path: Path, app_name: str) -> dict[str, Any]:
+    """One application's entry in a Serve config file."""
+    config = yaml.safe_load(Path(config_path).read_text())
+    for app in config.get("applications", []):
+        if app.get("name") == app_name:
+            return app
+    raise ValueError(f"{config_path}: no application named {app_name!r}")
+
+
+def load_app_args(config_path: Path, app_name: str = "rrr") -> dict[str, Any]:
+    """The ``args`` of one application in a Serve config file."""
+    return copy.deepcopy(_load_app(config_path, app_name).get("args", {}))
+
+
+def load_app_env(config_path: Path, app_name: str = "rrr") -> dict[str, str]:
+    """The ``runtime_env.env_vars`` of one application in a Serve config file."""
+    env_vars = (_load_app(config_path, app_name).get("runtime_env") or {}).get("env_vars") or {}
+    return {k: str(v) for k, v in env_vars.items()}

@@ -1,0 +1,47 @@
+"""The post-processing stage over the models: stream from a model, validating RRR on the way.
+
+``PostProcessing`` maps every served name (models and LoRA adapters) to a ``Model``: a
+``ModelServer`` in this process, or a model deployment reached over a Ray hop
+(``deployments.postprocessor.RemoteModel``). It runs inside each ingress replica or as a
+deployment of its own (``deployments.postprocessor.RRRPostProcessor``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, AsyncIterator, Protocol
+
+from rrr_ray.serving.engine import ModelNotServedError
+from rrr_ray.serving.protocol import EngineRequest
+from rrr_ray.serving.streams import ModelChunk, OutputChunk, postprocess
+
+
+class Model(Protocol):
+    """What the post-processing reads from a model."""
+
+    def stream(self, request: EngineRequest) -> AsyncIterator[ModelChunk]: ...
+
+    async def health(self) -> dict[str, Any]: ...
+
+
+class PostProcessing:
+    def __init__(self, models: dict[str, Model]) -> None:
+        self.models = dict(models)
+
+    async def stream(self, request: EngineRequest, with_repair: bool = False) -> AsyncIterator[OutputChunk]:
+        model = self.models.get(request.model)
+        if model is None:
+            yield OutputChunk(finished=True, error=str(ModelNotServedError(request.model, self.models)), status=404)
+            return
+        async with contextlib.aclosing(model.stream(request)) as chunks, \
+                contextlib.aclosing(postprocess(chunks, with_repair)) as outputs:
+            async for chunk in outputs:
+                yield chunk
+
+    async def health(self) -> dict[str, dict[str, Any]]:
+        """Health and load of every served name (LoRA adapters report their base model)."""
+        names = list(self.models)
+        results = await asyncio.gather(*(self.models[n].health() for n in names), return_exceptions=True)
+        return {n: ({"error": f"{type(r).__name__}: {r}", "unfinished_requests": None}
+                    if isinstance(r, BaseException) else r) for n, r in zip(names, results)}
