@@ -12,7 +12,7 @@ import sys
 
 from jobs._common import die, env_defaults, print_summary
 from rrr_ray.training.base import BaseModelConfig
-from rrr_ray.config_cli import add_config_options, config_values
+from rrr_ray.config_cli import ConfigError, add_config_options, config_values, validate_config
 
 FIELDS = ("data", "output_dir", "vocab_size", "loop.epochs", "loop.max_minutes", "loop.lr", "loop.threads",
           "loop.seed")
@@ -34,10 +34,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from rrr_ray.training.base import build_base_model
 
-    cfg = BaseModelConfig.model_validate(config_values(args, BaseModelConfig, FIELDS))
     try:
+        cfg = validate_config(BaseModelConfig, config_values(args, BaseModelConfig, FIELDS))
         summary = build_base_model(cfg, progress=not args.no_progress)
-    except (FileNotFoundError, ValueError) as exc:
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
         die(str(exc))
     print_summary("base model built", summary)
     return 0

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from jobs._common import die, env_defaults, print_summary
-from rrr_ray.config_cli import add_config_options, config_values
+from rrr_ray.config_cli import ConfigError, add_config_options, config_values, validate_config
 from rrr_ray.training.embedded import EmbeddedBuildConfig
 
 FIELDS = tuple(EmbeddedBuildConfig.model_fields)
@@ -36,7 +36,10 @@ def main(argv=None) -> int:
     env_defaults()
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = EmbeddedBuildConfig.model_validate(config_values(args, EmbeddedBuildConfig, FIELDS))
+    try:
+        cfg = validate_config(EmbeddedBuildConfig, config_values(args, EmbeddedBuildConfig, FIELDS))
+    except ConfigError as exc:
+        die(str(exc))
     for d in cfg.data:
         if not Path(d).exists():
             die(f"--data {d}: no such file or folder")

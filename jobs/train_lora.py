@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from jobs._common import die, env_defaults, print_summary
-from rrr_ray.config_cli import add_config_options, config_values
+from rrr_ray.config_cli import ConfigError, add_config_options, config_values, validate_config
 from rrr_ray.training.sft import SFTJobConfig
 
 FIELDS_BEFORE_NUM_CPUS = (
@@ -56,7 +56,7 @@ def config_from_args(args: argparse.Namespace) -> SFTJobConfig:
     values = config_values(args, SFTJobConfig, FIELDS_BEFORE_NUM_CPUS + FIELDS_AFTER_NUM_CPUS)
     values |= {"base_model": _abs(values["base_model"]), "dataset": [_abs(d) for d in values["dataset"]],
                "output_dir": str(Path(values["output_dir"]).resolve())}
-    return SFTJobConfig.model_validate(values)
+    return validate_config(SFTJobConfig, values, FLAGS)
 
 
 def validate_inputs(cfg: SFTJobConfig) -> None:
@@ -76,7 +76,10 @@ def main(argv=None) -> int:
     env_defaults()
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = config_from_args(args)
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        die(str(exc))
     validate_inputs(cfg)
     from rrr_ray.training.finetune import fine_tune
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import argparse
 import types
-from typing import Any, Literal, Mapping, Sequence, Union, get_args, get_origin
+from typing import Any, Literal, Mapping, Sequence, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 _TRISTATE: dict[str, bool | None] = {"auto": None, "yes": True, "no": False}
+M = TypeVar("M", bound=BaseModel)
 
 
 def add_config_options(parser: argparse.ArgumentParser, model: type[BaseModel], fields: Sequence[str],
@@ -55,6 +56,23 @@ def config_values(args: argparse.Namespace, model: type[BaseModel], fields: Sequ
             node, owner = node[name], _nested(owner, name)
         node[leaf] = getattr(args, _dest(path))
     return out
+
+
+class ConfigError(ValueError):
+    """A value the config refuses, said in one line as the option it came from."""
+
+
+def validate_config(model: type[M], values: dict[str, Any], flags: Mapping[str, str] | None = None) -> M:
+    """``model.model_validate(values)``; a refused value raises ``ConfigError`` naming its option
+    (``--lora-r: Input should be greater than or equal to 1``; ``flags`` as for
+    ``add_config_options``), so that a job reports it in one line, without a traceback."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        path = ".".join(str(x) for x in err["loc"])
+        option = (flags or {}).get(path) or ("--" + str(err["loc"][-1]).replace("_", "-") if err["loc"] else "options")
+        raise ConfigError(f"{option}: {err['msg']}") from None
 
 
 def _nested(model: type[BaseModel], name: str) -> type[BaseModel]:

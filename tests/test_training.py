@@ -313,3 +313,21 @@ def test_unsloth_backend_refused_without_cuda():
     assert resolve_backend("auto") == "peft"
     with pytest.raises(RuntimeError, match="CUDA"):
         resolve_backend("unsloth")
+
+
+@pytest.mark.parametrize("job, argv, message", [
+    ("jobs.train_lora", ["--base-model", "models/rrr-tiny-base", "--output-dir", "out/x", "--lora-r", "0"],
+     "--lora-r: Input should be greater than or equal to 1"),
+    ("jobs.train_lora", ["--base-model", "models/rrr-tiny-base", "--output-dir", "out/x", "--lr", "-1"],
+     "--lr: Input should be greater than 0"),
+    ("jobs.build_base_model", ["--output-dir", "out/x", "--vocab-size", "0"],
+     "--vocab-size: Input should be greater than or equal to 300"),
+    ("jobs.build_embedded_model", ["--models-dir", "out/x", "--lora-r", "0"],
+     "--lora-r: Input should be greater than or equal to 1"),
+])
+def test_a_value_the_config_refuses_is_a_one_line_error(job, argv, message):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", job, *argv], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]

@@ -27,11 +27,11 @@ class BaseModelConfig(BaseModel):
     data: list[str] = Field(default_factory=lambda: list(DEFAULT_SEED_PATHS),
                             description="Dialogue files/folders or saved HF datasets.")
     output_dir: str = Field("models/rrr-tiny-base", description="Where the model folder is written.")
-    vocab_size: int = Field(3000, description="Upper bound on the BPE vocabulary.")
+    vocab_size: int = Field(3000, ge=300, description="Upper bound on the BPE vocabulary.")
     model: TinyModelConfig = Field(default_factory=TinyModelConfig)
     loop: LoopConfig = Field(default_factory=lambda: LoopConfig(epochs=60, max_minutes=3.0, lr=2e-3,
                                                                 all_tokens=True, batch_size=8))
-    max_length: int = Field(1024, description="Longest training sequence, in tokens.")
+    max_length: int = Field(1024, ge=16, description="Longest training sequence, in tokens.")
     dtype: str = Field("bfloat16", description="Storage dtype of the saved weights.")
     tag_documents: bool = Field(
         True, description="Also pretrain on plain (non-chat) documents of single tagged sections, so "

@@ -19,17 +19,17 @@ log = logging.getLogger(__name__)
 class LoopConfig(BaseModel):
     """Hyper-parameters of :func:`train_causal_lm`."""
 
-    epochs: float = Field(40, description="Passes over the rows (an upper bound with max_minutes).")
-    max_minutes: float = Field(5.0, description="Stop after this many minutes of wall-clock time.")
-    batch_size: int = Field(8, description="Sequences per optimiser step.")
-    lr: float = Field(1e-3, description="Peak AdamW learning rate.")
-    weight_decay: float = Field(0.01, description="AdamW weight decay.")
-    warmup_steps: int = Field(20, description="Linear warm-up steps.")
-    min_lr_ratio: float = Field(0.1, description="Cosine schedule floor, as a share of lr.")
+    epochs: float = Field(40, gt=0, description="Passes over the rows (an upper bound with max_minutes).")
+    max_minutes: float = Field(5.0, gt=0, description="Stop after this many minutes of wall-clock time.")
+    batch_size: int = Field(8, ge=1, description="Sequences per optimiser step.")
+    lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine schedule floor, as a share of lr.")
     all_tokens: bool = Field(False, description="Loss on every token instead of assistant tokens only.")
-    eval_every: int = Field(0, description="Run eval_fn every this many steps (0: never).")
+    eval_every: int = Field(0, ge=0, description="Run eval_fn every this many steps (0: never).")
     seed: int = Field(0, description="Shuffling and initialisation seed.")
-    threads: int = Field(2, description="torch intra-op threads.")
+    threads: int = Field(2, ge=1, description="torch intra-op threads.")
 
 
 def collate(rows: Sequence[dict[str, list[int]]], pad_id: int, all_tokens: bool):

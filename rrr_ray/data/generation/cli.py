@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rrr_ray.config_cli import add_config_options, config_values
+from rrr_ray.config_cli import ConfigError, add_config_options, config_values, validate_config
 from rrr_ray.data.generation.config import GenerationConfig
 from rrr_ray.data.generation.errors import GenerationError
 
@@ -29,22 +29,19 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> GenerationConfig:
-    """The config of the options given; validation errors are pydantic's ``ValidationError``."""
-    return GenerationConfig.model_validate(config_values(args, GenerationConfig, OPTIONS))
+    """The config of the options given; a refused value raises ``ConfigError``."""
+    return validate_config(GenerationConfig, config_values(args, GenerationConfig, OPTIONS))
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the job for parsed arguments; print the summary (or one ``error:`` line); exit status."""
-    from pydantic import ValidationError
-
     from rrr_ray.data.generation.run import run_generation
 
     try:
         cfg = config_from_args(args)
         summary = run_generation(cfg, use_ray=args.use_ray)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        print(f"error: --{'-'.join(str(x) for x in err['loc']).replace('_', '-')}: {err['msg']}", file=sys.stderr)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     except GenerationError as exc:
         print(f"error: {exc}", file=sys.stderr)
