@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Every command runs with the CPU-node environment defined once in rrr_ray/env.py (set values win).
 RUN := $(BIN)/python -m rrr_ray.env
 
-.PHONY: install serve test test-fast model bench compare loadtest clean-venv
+.PHONY: install serve test test-fast model model-report model-tiny bench compare loadtest clean-venv
 
 install:
 	@bash scripts/install.sh
@@ -19,7 +19,15 @@ test: install ## install if needed, then run the whole test suite
 test-fast: install ## the unit tests only (no Ray Serve, no vLLM engine)
 	$(RUN) $(BIN)/python -m pytest tests -m "not e2e"
 
-model: install ## rebuild the embedded demo model from scratch (base + fine-tuned)
+model: install ## retrain the default's RRR adapter from scratch, merge it, measure it (models/rrr-smollm2-lora)
+	$(RUN) $(BIN)/python -m jobs.train_default_model
+	$(RUN) $(BIN)/python -m jobs.prepare_models
+	$(MAKE) model-report
+
+model-report: install ## measure the default against its base and the seed: format, coherence, speed (JSON + card)
+	$(RUN) $(BIN)/python -m jobs.report_default_model --speed --output models/rrr-smollm2-lora/report.json
+
+model-tiny: install ## rebuild the rrr-tiny test models from scratch (base + fine-tunes, models/rrr-tiny*)
 	$(RUN) $(BIN)/python -m jobs.build_embedded_model
 
 bench: install ## format-core throughput benchmark

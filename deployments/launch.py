@@ -17,6 +17,9 @@ logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "serve_config.yaml"
+"""What ``make serve`` runs: the default model (SmolLM2-135M-Instruct + RRR LoRA) and its base."""
+TINY_CONFIG = REPO / "serve_config.tiny.yaml"
+"""The same graph on the 4.7M test model: end-to-end tests and serving-overhead benchmarks."""
 
 
 def free_port() -> int:

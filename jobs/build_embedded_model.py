@@ -1,8 +1,8 @@
-"""Rebuild everything shipped under models/ from scratch: base model -> fine-tunes (full and LoRA,
-checkpoints picked by measured format compliance) -> merge -> measure on the held-out prompts ->
-model cards and models/compliance.json.
+"""Rebuild the rrr-tiny models under models/ from scratch (the 4.7M test model, not the served
+default): base model -> fine-tunes (full and LoRA, checkpoints picked by measured format
+compliance) -> merge -> measure on the held-out prompts -> model cards and models/compliance.json.
 
-    python -m jobs.build_embedded_model            # (make model)
+    python -m jobs.build_embedded_model            # (make model-tiny)
 
 Variants: a full fine-tune, a LoRA with embed_tokens/lm_head in modules_to_save, and a
 projections-only LoRA (shipped unmerged as models/rrr-tiny-lora, servable by vLLM's LoRA support).

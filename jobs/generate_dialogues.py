@@ -1,6 +1,6 @@
 """Generate RRR dialogues on Ray against an OpenAI-compatible endpoint.
 
-    python -m jobs.generate_dialogues --base-url http://127.0.0.1:8000/v1 --model rrr-tiny \
+    python -m jobs.generate_dialogues --base-url http://127.0.0.1:8000/v1 --model rrr-smollm2 \
         --num-dialogues 100 --concurrency 8 --output out/generated [--resume] [--seed 0]
 
 The same through Ray's job API (a running cluster):

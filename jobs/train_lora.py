@@ -27,7 +27,8 @@ FIELDS_BEFORE_NUM_CPUS = (
     "base_model", "dataset", "output_dir", "method", "backend", "num_workers", "use_gpu", "threads_per_worker",
     "lora.r", "lora.alpha", "lora.dropout", "lora.target_modules", "lora.modules_to_save",
     "epochs", "max_steps", "learning_rate", "batch_size", "grad_accum", "max_length", "val_fraction",
-    "prefix_turns", "single_turns", "save_steps", "val_prompts", "eval_prompts", "eval_samples", "storage_path",
+    "prefix_turns", "single_turns", "system_prompt", "group_by_length", "save_steps", "stop_at_compliance",
+    "val_prompts", "eval_prompts", "eval_samples", "storage_path",
 )
 FIELDS_AFTER_NUM_CPUS = ("seed",)
 """The config fields with an option, in the order of ``--help``; the others keep their defaults."""

@@ -2,7 +2,7 @@
 
     python -m loadtest.bench_seeded --rounds 3 --output out/bench-seeded
 
-Two vLLM ``AsyncLLM`` engines with the graph's engine settings (serve_config.yaml's first model),
+Two vLLM ``AsyncLLM`` engines with the graph's engine settings (serve_config.tiny.yaml's first model),
 up together and measured in paired rounds, each level back to back on both:
 - ``patched``: chunked prefill on (vLLM's default) with rrr-ray's plugin
   (``rrr_ray.serving.seeded_sampling``), which rewinds a discarded sample's CPU generator by state;

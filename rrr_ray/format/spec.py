@@ -78,3 +78,14 @@ RULES: dict[ErrorCode, str] = {
     ErrorCode.UNEXPECTED_CLOSING_TAG: "a closing tag must close the section that is open",
     ErrorCode.TAG_CASE: "tag names are lower case",
 }
+
+
+def _system_prompt() -> str:
+    layout = ", ".join(f"{s.open_tag}{s.meaning}{s.close_tag}" for s in SECTIONS)
+    return ("You are a warm, attentive conversation partner. Answer every message in three sections, "
+            f"each once, in this order: {layout}.")
+
+
+SYSTEM_PROMPT: str = _system_prompt()
+"""rrr-ray's default system prompt: what a model fine-tuned on a pretrained instruct base is trained
+and served with when a conversation brings no system message of its own."""

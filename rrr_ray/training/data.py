@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 
 from rrr_ray.data.records import DialogueRecord
 from rrr_ray.format import repair, validate
-from rrr_ray.format.chatml import chatml_pieces
+from rrr_ray.format.chatml import IM_END, chatml_pieces, turn_start, with_default_system
 from rrr_ray.format.spec import SECTION_NAMES
 
 log = logging.getLogger(__name__)
@@ -106,11 +106,12 @@ def tokenize_chatml(messages: Sequence[dict[str, str]], tokenizer, max_length: i
 
 
 def conversation_examples(records: Sequence[DialogueRecord], prefix_turns: int = 2,
-                          single_turns: bool = False) -> list[list[dict[str, str]]]:
+                          single_turns: bool = False, system: str | None = None) -> list[list[dict[str, str]]]:
     """The training conversations: each whole conversation, plus its prefixes ending after
     assistant turn 1..``prefix_turns`` (weights the start of conversations, where single-turn
     prompts land), plus, with ``single_turns``, every later exchange on its own as a one-turn
-    conversation (the user message and the reply to it)."""
+    conversation (the user message and the reply to it). With ``system``, an example that has no
+    system message starts with that one."""
     out = []
     for r in records:
         msgs = [m.model_dump() for m in r.messages]
@@ -123,13 +124,14 @@ def conversation_examples(records: Sequence[DialogueRecord], prefix_turns: int =
             for e in ends[1:]:
                 if e >= 2 and msgs[e - 2]["role"] == "user":
                     out.append(msgs[e - 2:e])
-    return out
+    return [with_default_system(c, system) for c in out]
 
 
 def tokenized_dataset(records: Sequence[DialogueRecord], tokenizer, max_length: int = 1024,
-                      prefix_turns: int = 2, single_turns: bool = False) -> list[dict[str, Any]]:
+                      prefix_turns: int = 2, single_turns: bool = False,
+                      system: str | None = None) -> list[dict[str, Any]]:
     rows = [tokenize_chatml(c, tokenizer, max_length)
-            for c in conversation_examples(records, prefix_turns, single_turns)]
+            for c in conversation_examples(records, prefix_turns, single_turns, system)]
     return [r for r in rows if any(r["assistant_masks"])]
 
 
@@ -143,3 +145,18 @@ def first_user_prompts(records: Sequence[DialogueRecord], all_turns: bool = Fals
             item = {"id": f"{r.conversation_id}:{k}", "category": "validation", "prompt": u}
             (firsts if k == 0 else later).append(item)
     return firsts + (later if all_turns else [])
+
+
+def template_system_prompt(tokenizer) -> str | None:
+    """The system message the tokenizer's chat template adds to a conversation that has none
+    (None when it adds none, or has no template): what a model served with that template sees,
+    and so what it is trained with."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "-"}], tokenize=False)
+    start = text.find(turn_start("system"))
+    if start < 0:
+        return None
+    start += len(turn_start("system"))
+    end = text.find(IM_END, start)
+    return text[start:end] if end >= 0 else None

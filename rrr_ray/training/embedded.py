@@ -1,6 +1,6 @@
-"""The models shipped under ``models/``, rebuilt from scratch: base model, fine-tunes (full and LoRA,
-checkpoints picked by measured format compliance), merge, held-out measurement, model cards and
-``models/compliance.json``. ``jobs.build_embedded_model`` calls :func:`build_embedded_models`.
+"""The rrr-tiny models under ``models/`` (the 4.7M test model), rebuilt from scratch: base model,
+fine-tunes (full and LoRA, checkpoints picked by measured format compliance), merge, held-out
+measurement, model cards and ``models/compliance.json``. ``jobs.build_embedded_model`` calls :func:`build_embedded_models`.
 
 Variants: a full fine-tune, a LoRA with embed_tokens/lm_head in modules_to_save, and a
 projections-only LoRA (shipped unmerged as ``rrr-tiny-lora``, servable by vLLM's LoRA support).

@@ -62,10 +62,18 @@ class SFTJobConfig(BaseModel):
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of conversations held out for validation.")
     prefix_turns: int = Field(1, ge=0, description="Extra examples per conversation ending after turn 1..k.")
     single_turns: bool = Field(True, description="Also train on every later exchange as a one-turn conversation.")
+    system_prompt: Optional[str] = Field("auto", description=(
+        "System message of the training conversations that have none. auto: the one the base's chat "
+        "template adds (what the model is served with); empty: none."))
+    group_by_length: bool = Field(False, description=(
+        "Batch sequences of similar length together (less padding: faster on CPUs)."))
     save_steps: int = Field(50, ge=1, description="Checkpoint (and measure compliance) every this many steps.")
     logging_steps: int = Field(10, ge=1, description="Log loss every this many steps.")
     val_prompts: int = Field(24, ge=0, description="Validation prompts used for checkpoint compliance (0: off).")
     val_samples: int = Field(2, ge=1, description="Samples per validation prompt.")
+    stop_at_compliance: Optional[float] = Field(None, gt=0, le=1, description=(
+        "Stop training at the first checkpoint whose validation compliance reaches this (None: train "
+        "all the steps). No later checkpoint could be chosen: ties go to the earliest."))
     max_new_tokens: int = Field(200, ge=1, description="Generation length for compliance measurement.")
     temperature: float = Field(0.7, ge=0, description="Sampling temperature for compliance measurement.")
     eval_prompts: Optional[str] = Field(DEFAULT_EVAL_PROMPTS, description=(
@@ -123,13 +131,16 @@ def _datasets(cfg: SFTJobConfig, tokenizer):
     import datasets
 
     from rrr_ray.data.convert import load_records
-    from rrr_ray.training.data import first_user_prompts, split_records, tagged_records, tokenized_dataset
+    from rrr_ray.training.data import (first_user_prompts, split_records, tagged_records, template_system_prompt,
+                                       tokenized_dataset)
 
     records, _ = tagged_records(load_records(cfg.dataset))
     train, val = split_records(records, cfg.val_fraction, cfg.seed)
+    system = template_system_prompt(tokenizer) if cfg.system_prompt == "auto" else (cfg.system_prompt or None)
     tr = datasets.Dataset.from_list(tokenized_dataset(train, tokenizer, cfg.max_length, cfg.prefix_turns,
-                                                      cfg.single_turns))
-    va = datasets.Dataset.from_list(tokenized_dataset(val, tokenizer, cfg.max_length, 0)) if val else None
+                                                      cfg.single_turns, system))
+    va = (datasets.Dataset.from_list(tokenized_dataset(val, tokenizer, cfg.max_length, 0, system=system))
+          if val else None)
     return tr, va, first_user_prompts(val or train, all_turns=True)[: cfg.val_prompts]
 
 
@@ -143,14 +154,32 @@ def _compliance_callback(cfg: SFTJobConfig, tokenizer, prompts):
         log history, which ``RayTrainReportCallback`` reports with the checkpoint."""
 
         def on_save(self, args, state, control, model=None, **kwargs):
-            if not prompts or not state.is_world_process_zero:
+            if not prompts:
                 return
-            fn = hf_generate_fn(model, tokenizer, cfg.max_new_tokens, cfg.temperature, seed=cfg.seed)
-            res = measure_compliance(fn, prompts, cfg.val_samples)
-            state.log_history.append({"val_compliance": res["compliance"], "step": state.global_step})
-            log.info("step %d: validation compliance %.3f", state.global_step, res["compliance"])
+            compliance = 0.0
+            if state.is_world_process_zero:
+                fn = hf_generate_fn(model, tokenizer, cfg.max_new_tokens, cfg.temperature, seed=cfg.seed)
+                compliance = measure_compliance(fn, prompts, cfg.val_samples)["compliance"]
+                state.log_history.append({"val_compliance": compliance, "step": state.global_step})
+                log.info("step %d: validation compliance %.3f", state.global_step, compliance)
+            if cfg.stop_at_compliance is not None and _from_rank_zero(compliance) >= cfg.stop_at_compliance:
+                log.info("step %d: validation compliance reached %.3f; stopping", state.global_step,
+                         cfg.stop_at_compliance)
+                control.should_training_stop = True
 
     return ComplianceCallback()
+
+
+def _from_rank_zero(value: float) -> float:
+    """``value`` as rank 0 has it (every rank must take the same decision to stop)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.broadcast(t, src=0)
+    return float(t.item())
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -175,6 +204,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         eval_strategy="steps" if val_ds is not None else "no", eval_steps=cfg.save_steps,
         save_only_model=True, report_to="none", max_length=cfg.max_length,
         use_cpu=not cuda, bf16=cuda, seed=cfg.seed, dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         ddp_find_unused_parameters=False, remove_unused_columns=True,
         gradient_checkpointing=False, disable_tqdm=False,
     )

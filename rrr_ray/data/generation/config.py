@@ -9,10 +9,11 @@ from typing import Literal, Optional
 from pydantic import BaseModel, Field, field_validator
 
 from rrr_ray.data.generation.topics import TOPICS
+from rrr_ray.training.pretrained import MERGED_NAME
 
 DEFAULT_EXAMPLES = Path("data/seed/curated_seed_dialogues")  # relative to the working directory (the checkout)
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
-DEFAULT_MODEL = "rrr-tiny"
+DEFAULT_MODEL = MERGED_NAME  # what `make serve` serves by default
 OPENAI_MODEL = "gpt-4o-mini"
 
 
@@ -37,7 +38,7 @@ class GenerationConfig(BaseModel):
                                       f"({DEFAULT_BASE_URL}).")
     api_key: str = Field(default_factory=_env_api_key, repr=False,
                          description="API key; defaults to $OPENAI_API_KEY ('EMPTY' for local servers).")
-    model: Optional[str] = Field(default=None, description="Served model name; default rrr-tiny, or gpt-4o-mini for api.openai.com.")
+    model: Optional[str] = Field(default=None, description=f"Served model name; default {DEFAULT_MODEL}, or gpt-4o-mini for api.openai.com.")
     num_dialogues: int = Field(default=10, ge=1, description="How many accepted dialogues the output folder must hold.")
     concurrency: int = Field(default=4, ge=1, description="Most dialogues in flight at once (across all workers).")
     workers: Optional[int] = Field(default=None, ge=1, description="Ray actors; default min(concurrency, 2). Each is async.")
