@@ -98,7 +98,7 @@ def test_the_adapter_is_served_by_name_through_the_graph(serve_url):
 def test_the_base_and_the_adapter_answer_in_one_engine_and_guided_is_valid(serve_url):
     for model in (SMOLLM2_135M.name, ADAPTER_NAME):
         r = httpx.post(f"{serve_url}/generate", json={"prompt": PROMPT, "model": model, "guided": True,
-                                                      "temperature": 0.7, "seed": 3, "max_new_tokens": 200},
+                                                      "temperature": 0.7, "seed": 3, "max_new_tokens": 512},
                        timeout=300)
         assert r.status_code == 200, r.text
         assert validate(r.json()["generated_text"]).valid, (model, r.json()["generated_text"])

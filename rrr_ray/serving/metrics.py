@@ -40,7 +40,8 @@ class ServingMetrics:
                 self.overhead.observe(max(ttft - engine_ttft, 0.0), tags)
             if output_tokens > 1:
                 self.tpot.observe((total - ttft) / (output_tokens - 1), tags)
-        self.output_tokens.inc(output_tokens, tags)
+        if output_tokens > 0:  # Ray's counters refuse an increment of 0 (an empty reply is still a reply)
+            self.output_tokens.inc(output_tokens, tags)
         if valid is not None:
             self.replies.inc(1, {"model": model, "valid": str(valid).lower()})
 
