@@ -38,17 +38,13 @@ def served_engine_args(model: str, lora: str | None = None) -> dict[str, Any]:
     """The vLLM engine arguments serve_config.yaml's default model is served with (executor, bound
     CPU and all), pointed at ``model``; ``lora`` (``NAME=PATH``) served by name on it."""
     from deployments.launch import DEFAULT_CONFIG
-    from loadtest.compare import graph_args
-    from rrr_ray.serving.engine import EngineConfig
+    from loadtest.compare import engine_kwargs_from_graph, graph_args
 
-    first = graph_args(model, str(DEFAULT_CONFIG))["models"][0]
+    app = graph_args(model, str(DEFAULT_CONFIG))
     if lora:
         name, _, path = lora.partition("=")
-        first["lora_modules"] = {name: path}
-    kwargs = EngineConfig(**{k: v for k, v in first.items() if k in EngineConfig.model_fields}).vllm_engine_args()
-    for own in ("model", "served_model_name"):
-        kwargs.pop(own)
-    return kwargs
+        app["models"][0]["lora_modules"] = {name: path}
+    return engine_kwargs_from_graph(app)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -227,16 +227,21 @@ def graph_env(config: Optional[str] = None) -> dict[str, str]:
         return {}
 
 
-def engine_args_from_graph(app: dict[str, Any]) -> list[str]:
-    """The graph's engine settings as ``--engine-arg`` pairs for (a), so both run the same engine
-    (``EngineConfig.vllm_engine_args``, which the graph's engine uses, less the model's path and name)."""
+def engine_kwargs_from_graph(app: dict[str, Any]) -> dict[str, Any]:
+    """The engine settings of the graph's first model (``EngineConfig.vllm_engine_args``, which the
+    graph's engine uses, less the model's path and name)."""
     from rrr_ray.serving.engine import EngineConfig
 
     fields = {k: v for k, v in app["models"][0].items() if k in EngineConfig.model_fields}
-    pairs = EngineConfig(**fields).vllm_engine_args()
+    kwargs = EngineConfig(**fields).vllm_engine_args()
     for own in ("model", "served_model_name"):
-        pairs.pop(own)
-    return [f"{k}={json.dumps(v)}" for k, v in pairs.items()]
+        kwargs.pop(own)
+    return kwargs
+
+
+def engine_args_from_graph(app: dict[str, Any]) -> list[str]:
+    """The graph's engine settings as ``--engine-arg`` pairs for (a), so both run the same engine."""
+    return [f"{k}={json.dumps(v)}" for k, v in engine_kwargs_from_graph(app).items()]
 
 
 @contextlib.contextmanager

@@ -97,6 +97,21 @@ def is_current(folder: Path, source: GGUFSource) -> bool:
         return False
 
 
+def _fresh_partial(out: Path) -> Path:
+    """An empty place beside ``out`` to write a folder into (a half-written one is never used)."""
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    return tmp
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Replace ``out`` by the finished folder ``tmp``."""
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
 def convert_gguf(gguf: Path, out: Path, source: GGUFSource) -> Path:
     """Dequantise ``gguf`` to a float32 HF folder at ``out`` (written beside it, then renamed)."""
     import torch
@@ -117,9 +132,7 @@ def convert_gguf(gguf: Path, out: Path, source: GGUFSource) -> Path:
         tokenizer.pad_token = tokenizer.eos_token
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = _fresh_partial(out)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     n_params = sum(p.numel() for p in model.parameters())
@@ -128,9 +141,7 @@ def convert_gguf(gguf: Path, out: Path, source: GGUFSource) -> Path:
                              "eos_token": tokenizer.eos_token, "vocab_size": len(tokenizer)}
     (tmp / SOURCE_FILE).write_text(json.dumps(meta, indent=2))
     (tmp / "README.md").write_text(base_card(meta))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    _publish(tmp, out)
     log.info("converted %s to %s (%d parameters, %.0f s)", gguf.name, out, n_params, seconds)
     return out
 
@@ -184,9 +195,7 @@ def ensure_merged_model(base: Path, adapter: Path, out: Path) -> tuple[Path, boo
         except (json.JSONDecodeError, OSError):
             pass
     t0 = time.monotonic()
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = _fresh_partial(out)
     merge_adapter(base, adapter, tmp, "float32")
     card = adapter / "README.md"
     if card.exists():
@@ -194,8 +203,6 @@ def ensure_merged_model(base: Path, adapter: Path, out: Path) -> tuple[Path, boo
     meta = wanted | {"base": str(base), "adapter": str(adapter), "dtype": "float32",
                      "merge_seconds": round(time.monotonic() - t0, 1)}
     (tmp / SOURCE_FILE).write_text(json.dumps(meta, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    _publish(tmp, out)
     log.info("merged %s into %s -> %s (%.0f s)", adapter, base, out, meta["merge_seconds"])
     return out, True
