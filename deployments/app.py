@@ -42,7 +42,7 @@ def build_app(args: dict[str, Any]) -> Application:
     ingress_options = config.ingress.serve_options("RRRIngress")
     resources = ingress_options["ray_actor_options"]
     for model in config.models:
-        engine = model.model_dump(exclude={"deployment", "placement"})
+        engine = model.model_dump(exclude={"deployment", "placement", "heal"})
         engine["path"] = resolve_path(model.path)
         engine["lora_modules"] = {k: resolve_path(v) for k, v in model.lora_modules.items()}
         if model.placement == "ingress":
@@ -53,11 +53,12 @@ def build_app(args: dict[str, Any]) -> Application:
             bound = RRRModel.options(**model.deployment.serve_options(f"RRRModel:{model.name}")).bind(
                 engine=engine, streaming=streaming)
             handles.update((name, bound) for name in model.served_names())
-        cards.append({"name": model.name, "root": model.path, "description": model.description})
+        cards.append({"name": model.name, "root": model.path, "description": model.description, "heal": model.heal})
         cards += [{"name": n, "root": p, "parent": model.name, "description": f"LoRA adapter on {model.name}"}
-                  for n, p in model.lora_modules.items()]
+                  for n, p in model.lora_modules.items()]  # RRR fine-tunes: healed by default
     ingress = RRRIngress.options(**ingress_options)
+    limits = config.limits.model_dump()
     if config.postprocessor.placement == "ingress":
-        return ingress.bind(cards, config.default_model, streaming, models=handles, engines=engines)
+        return ingress.bind(cards, config.default_model, streaming, models=handles, engines=engines, limits=limits)
     postprocessor = RRRPostProcessor.options(**config.postprocessor.serve_options("RRRPostProcessor")).bind(handles)
-    return ingress.bind(cards, config.default_model, streaming, postprocessor=postprocessor)
+    return ingress.bind(cards, config.default_model, streaming, postprocessor=postprocessor, limits=limits)

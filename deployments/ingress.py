@@ -16,6 +16,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.postprocessor import RemotePostProcessing, remote_models
 from rrr_ray.serving.api import create_app, install_service
 from rrr_ray.serving.config import StreamingOptions
+from rrr_ray.serving.limits import HttpLimits
 from rrr_ray.serving.metrics import try_create_metrics
 from rrr_ray.serving.model_server import ModelServer
 from rrr_ray.serving.postprocessing import PostProcessing
@@ -30,8 +31,9 @@ class RRRIngress:
     async def __init__(self, cards: list[dict], default_model: Optional[str], streaming: dict[str, Any],
                        postprocessor: Optional[DeploymentHandle] = None,
                        models: Optional[dict[str, DeploymentHandle]] = None,
-                       engines: Optional[list[dict]] = None) -> None:
-        """``engines``: configs (``EngineConfig`` fields) of the models this replica runs itself."""
+                       engines: Optional[list[dict]] = None, limits: Optional[dict[str, Any]] = None) -> None:
+        """``engines``: configs (``EngineConfig`` fields) of the models this replica runs itself;
+        ``limits``: ``HttpLimits`` fields, what one HTTP request may ask."""
         if (postprocessor is None) == (not models and not engines):
             raise ValueError("give the ingress either a post-processor deployment or the models")
         if postprocessor is not None and engines:
@@ -46,7 +48,7 @@ class RRRIngress:
             self.postprocessing = PostProcessing({**remote_models(models or {}), **local})
         install_service(RRRService(
             stream=self.postprocessing.stream, health=self._health, models=[ServedModel(**m) for m in cards],
-            default_model=default_model, metrics=try_create_metrics()))
+            default_model=default_model, metrics=try_create_metrics(), limits=HttpLimits(**(limits or {}))))
 
     async def _health(self) -> dict[str, dict[str, Any]]:
         try:

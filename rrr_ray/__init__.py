@@ -9,7 +9,9 @@ from rrr_ray.format import (
     Validation,
     extract_assistant_reply,
     guided_regex,
+    remainder_regex,
     repair,
+    valid_prefix_length,
     validate,
 )
 
@@ -17,5 +19,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "validate", "StreamValidator", "StreamEvent", "repair", "RepairReport", "guided_regex",
-    "extract_assistant_reply", "Validation", "FormatError", "ErrorCode", "__version__",
+    "extract_assistant_reply", "remainder_regex", "valid_prefix_length", "Validation", "FormatError", "ErrorCode", "__version__",
 ]

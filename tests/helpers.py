@@ -4,14 +4,27 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import AsyncIterator, Iterable, TypeVar
 
 from rrr_ray.data.records import read_dialogues
 
 REPO = Path(__file__).resolve().parent.parent
 SEED_DIR = REPO / "data" / "seed"
+T = TypeVar("T")
 
 
 @lru_cache(maxsize=1)
 def seed_replies() -> list[str]:
     records = read_dialogues(SEED_DIR / "curated_seed_dialogues") + read_dialogues(SEED_DIR / "seed_dialogues.json")
     return [r for rec in records for r in rec.assistant_replies()]
+
+
+async def tracked_stream(items: Iterable[T], closed: list[bool]) -> AsyncIterator[T]:
+    """Yield ``items``; appends False to ``closed`` when it starts and sets it True when the stream
+    is closed (finished, cancelled or abandoned)."""
+    closed.append(False)
+    try:
+        for item in items:
+            yield item
+    finally:
+        closed[-1] = True

@@ -19,6 +19,7 @@ from rrr_ray.serving.protocol import (
 from rrr_ray.serving.replies import Failed, Finished, Tokens
 from rrr_ray.serving.service import RRRService, ServedModel
 from rrr_ray.serving.streams import FinalRecord, OutputChunk
+from tests.helpers import tracked_stream
 
 TEXT = '<react>*nods*</react>\n<respond>Say "hi" \u00e9\n</respond>\n<reflect>ok</reflect>'
 TOKENS = [("<react>*nods*</react>", "react"), ("\n", None), ('<respond>Say "hi" \u00e9\n</respond>', "respond"),
@@ -58,14 +59,7 @@ def scripted(chunks: list[OutputChunk]) -> tuple[RRRService, Metrics, list[bool]
     closed: list[bool] = []
 
     def stream(request, with_repair):
-        async def gen():
-            closed.append(False)
-            try:
-                for chunk in chunks:
-                    yield chunk
-            finally:
-                closed[-1] = True
-        return gen()
+        return tracked_stream(chunks, closed)
 
     async def health():
         return {"m": {"error": None, "unfinished_requests": 0}}

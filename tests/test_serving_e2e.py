@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
 
 import httpx
@@ -147,6 +148,33 @@ def test_guided_replies_are_always_valid(serve_url, model):
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["validation"]["valid"], (body["generated_text"], body["validation"]["errors"])
+
+
+def test_heal_continues_a_broken_reply_on_the_engine(serve_url):
+    """Self-healing on vLLM: the untrained base breaks the format; each broken reply is continued
+    (``continue_final_message`` under the remainder regex) into one valid reply, whose text up to
+    the heal is the model's own valid prefix; a reply that is not healed is valid or ran out of tokens."""
+    from rrr_ray import valid_prefix_length
+
+    healed = []
+    for seed in range(4):
+        lines = stream_lines(serve_url, {"prompt": PROMPT, "model": "rrr-tiny-base", "stream": True, "heal": True,
+                                         "max_new_tokens": 600, "temperature": 1.0, "seed": seed}, timeout=300)
+        final = lines[-1][1]
+        assert "error" not in final, final
+        text = "".join(line["token"] for _, line in lines[:-1])
+        assert final["validation"] == validate(text).model_dump(mode="json")
+        assert final["validation"]["valid"] or final["metadata"]["finish_reason"] == "length", (text, final)
+        assert final["metadata"]["output_tokens"] <= 600
+        if "heal" in final:
+            position = final["heal"]["position"]
+            assert valid_prefix_length(text[:position]) == position <= len(text)
+            healed.append(final["validation"]["valid"])
+    assert any(healed), "the base model broke no reply: no continuation was exercised"
+    chat = httpx.post(f"{serve_url}/v1/chat/completions", json={
+        "model": "rrr-tiny-base", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 600,
+        "temperature": 1.0, "seed": 0, "heal": True}, timeout=300).json()
+    assert chat["rrr_validation"]["valid"] or chat["choices"][0]["finish_reason"] == "length", chat
 
 
 def test_openai_client_streams_chat_completions(serve_url):
@@ -364,3 +392,56 @@ def test_a_killed_vllm_engine_is_restarted_while_the_other_model_answers(serve_u
     for model in (dead, alive):
         r = generate(model)
         assert r.status_code == 200 and r.json()["metadata"]["output_tokens"] == 8, r.text
+
+
+def _running_replicas(app: str, deployment: str) -> int:
+    from ray import serve
+
+    status = serve.status().applications[app].deployments[deployment]
+    return status.replica_states.get("RUNNING", 0)
+
+
+def test_model_deployment_scales_up_under_load_and_back_down_with_no_failed_request(serve_url):
+    """The model deployment's ``autoscaling_config`` (the GPU config's shape, with short delays):
+    a load that keeps more than ``target_ongoing_requests`` per replica adds a replica, and
+    once the load ends it is taken away again; every request of the load succeeds meanwhile."""
+    import concurrent.futures
+
+    from tests.conftest import FAKE_MODEL
+
+    scaling = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2, "upscale_delay_s": 1,
+               "downscale_delay_s": 4, "metrics_interval_s": 0.5, "look_back_period_s": 1}
+    model = dict(FAKE_MODEL, name="fake-scaled", engine_kwargs={"token_interval_s": 0.02},
+                 deployment={"num_cpus": 0.02, "autoscaling_config": scaling, "max_ongoing_requests": 8})
+    args = {"models": [model], "ingress": {"num_cpus": 0.02, "max_ongoing_requests": 64},
+            "postprocessor": {"placement": "deployment", "num_cpus": 0.02}}
+    deployment = "RRRModel:fake-scaled"
+    with extra_app(serve_url, "rrr-scale", "/scale", args) as url:
+        assert _running_replicas("rrr-scale", deployment) == 1
+        stop = threading.Event()
+        outcomes: list[bool] = []
+
+        def user() -> None:
+            while not stop.is_set():
+                lines = stream_lines(url, {"prompt": "hello", "stream": True, "max_new_tokens": 150,
+                                           "ignore_eos": True})
+                final = lines[-1][1]
+                outcomes.append(final.get("finished") is True and not final.get("error"))
+
+        most = 1
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            users = [pool.submit(user) for _ in range(8)]
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and most < 2:
+                time.sleep(0.5)
+                most = max(most, _running_replicas("rrr-scale", deployment))
+            time.sleep(2)  # a few requests on two replicas
+            stop.set()
+            for u in users:
+                u.result(timeout=60)
+        assert most == 2, "8 streams against target_ongoing_requests 2 never added a replica"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _running_replicas("rrr-scale", deployment) > 1:
+            time.sleep(0.5)
+        assert _running_replicas("rrr-scale", deployment) == 1, "the idle deployment kept its second replica"
+        assert outcomes and all(outcomes), f"{outcomes.count(False)} of {len(outcomes)} requests failed"

@@ -152,7 +152,8 @@ def test_stream_is_ndjson_with_sections_and_a_final_record():
 
     async def main():
         async with client(service) as c:
-            r = await c.post("/generate", json={"prompt": "hi [invalid]", "stream": True, "repair": True})
+            r = await c.post("/generate", json={"prompt": "hi [invalid]", "stream": True, "repair": True,
+                                                "heal": False})
             return r.status_code, r.headers["content-type"], [json.loads(line) for line in r.text.splitlines()]
     status, ctype, lines = run(main())
     assert status == 200 and ctype.startswith("application/x-ndjson")

@@ -1,7 +1,8 @@
 """The React-Respond-Reflect format, specified once.
 
-Everything that knows the format (the validator, the streaming validator, the repairer and the
-guided-decoding regex) reads it from here; no other module spells a tag name or a rule.
+Everything that knows the format (the validator, the streaming validator, the repairer, the
+guided-decoding regex and the remainder regex of self-healing) reads it from here; no other module
+spells a tag name or a rule.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ SECTION_BY_NAME: dict[str, SectionSpec] = {s.name: s for s in SECTIONS}
 STAR = "*"
 SEPARATOR = "\n"
 """What the canonical layout puts between two sections."""
+MAX_GUIDED_GAP = 4
+"""Most whitespace characters the remainder regex of self-healing admits before, between and after
+the sections (unbounded whitespace could keep a guided continuation from ever ending)."""
 
 
 class ErrorCode(str, Enum):

@@ -23,7 +23,8 @@ from rrr_ray.format.spec import (
 )
 from rrr_ray.format.validation import FormatError, FormatWarning, Validation
 
-_TAG = re.compile(r"<(/?)(" + "|".join(SECTION_NAMES) + r")>", re.IGNORECASE)
+# ASCII case folding only: under Unicode folding "ſ" would match "s" and "<reſpond>" name no section.
+_TAG = re.compile(r"<(/?)(" + "|".join(SECTION_NAMES) + r")>", re.IGNORECASE | re.ASCII)
 _TAG_PREFIXES = frozenset(
     tag[:k] for name in SECTION_NAMES for tag in (f"<{name}>", f"</{name}>") for k in range(1, len(tag))
 )
@@ -90,6 +91,21 @@ class StreamValidator:
     def pending(self) -> bool:
         """True while the end of the text fed so far might still become a tag."""
         return bool(self._pending)
+
+    @property
+    def pending_text(self) -> str:
+        """The end of the text fed so far that might still become a tag ("" when none)."""
+        return self._pending
+
+    @property
+    def opened(self) -> frozenset[str]:
+        """The sections opened so far."""
+        return frozenset(self._seen)
+
+    @property
+    def section_text(self) -> str:
+        """The content of the open section so far, without ``pending_text`` ("" outside the sections)."""
+        return "".join(self._content) if self._section is not None else ""
 
     @property
     def errors(self) -> list[FormatError]:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from rrr_ray.serving.batching import LoadAwareWindow
 from rrr_ray.serving.engine import EngineConfig
+from rrr_ray.serving.limits import HttpLimits
 
 
 class StreamingOptions(BaseModel):
@@ -72,6 +73,9 @@ class ModelArgs(EngineConfig):
         "the engine runs inside each ingress replica, no Ray hop per request (needs the post-processor in the "
         "ingress; of `deployment`, only num_cpus and num_gpus are used, added to the ingress's).")
     deployment: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_cpus=0.4))
+    heal: bool = Field(True, description="The default of the request option 'heal' for this model: a reply that "
+                       "breaks the RRR format goes on from its valid part, guided (self-healing). False for a base "
+                       "served to show its raw format compliance; its LoRA adapters (RRR fine-tunes) are healed.")
 
 
 class AppArgs(StreamingOptions):
@@ -81,6 +85,8 @@ class AppArgs(StreamingOptions):
     default_model: Optional[str] = Field(None, description="Answers requests that name no model.")
     ingress: DeploymentOptions = Field(default_factory=DeploymentOptions)
     postprocessor: PostProcessorOptions = Field(default_factory=PostProcessorOptions)
+    limits: HttpLimits = Field(default_factory=HttpLimits, description="What one HTTP request may ask: body and "
+                               "header size, new tokens, messages, prompt length, stop strings.")
 
     @model_validator(mode="after")
     def _names_unique(self) -> "AppArgs":

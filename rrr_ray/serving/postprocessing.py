@@ -3,7 +3,9 @@
 ``PostProcessing`` maps every served name (models and LoRA adapters) to a ``Model``: a
 ``ModelServer`` in this process, or a model deployment reached over a Ray hop
 (``deployments.postprocessor.RemoteModel``). It runs inside each ingress replica or as a
-deployment of its own (``deployments.postprocessor.RRRPostProcessor``).
+deployment of its own (``deployments.postprocessor.RRRPostProcessor``). A healed reply's
+continuation (``rrr_ray.serving.healing``) goes to the same ``Model``, so healing works in every
+placement.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 from typing import Any, AsyncIterator, Protocol
 
 from rrr_ray.serving.engine import ModelNotServedError
+from rrr_ray.serving.healing import Healing
 from rrr_ray.serving.protocol import EngineRequest
 from rrr_ray.serving.streams import ModelChunk, OutputChunk, postprocess
 
@@ -34,8 +37,9 @@ class PostProcessing:
         if model is None:
             yield OutputChunk(finished=True, error=str(ModelNotServedError(request.model, self.models)), status=404)
             return
+        healing = Healing(request, model.stream) if request.heal else None  # continued by the same model
         async with contextlib.aclosing(model.stream(request)) as chunks, \
-                contextlib.aclosing(postprocess(chunks, with_repair)) as outputs:
+                contextlib.aclosing(postprocess(chunks, with_repair, healing)) as outputs:
             async for chunk in outputs:
                 yield chunk
 

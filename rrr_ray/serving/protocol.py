@@ -9,11 +9,21 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from rrr_ray.format import RepairReport, Validation
+from rrr_ray.format import ErrorCode, RepairReport, Validation
 
-MAX_NEW_TOKENS_LIMIT = 2048
+STRICT = ConfigDict(strict=True)
+"""Request models take JSON types as they are: ``"1"`` is not a number, ``0`` is not a boolean."""
+
+
+def _integral(value: object) -> object:
+    """JSON has one kind of number: ``3.0`` is the integer 3, as JSON Schema says (``3.5`` stays a 422)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+INTEGRAL = BeforeValidator(_integral)
+"""Put after an integer field's constraints (so that the schema states them as minimum/maximum)."""
 
 
 def _absent(value: object) -> bool:
@@ -21,18 +31,31 @@ def _absent(value: object) -> bool:
 
 
 class ChatMessage(BaseModel):
+    model_config = STRICT
+
     role: Literal["system", "user", "assistant"]
     content: str
 
 
 # -- sampling fields, shared by /generate and /v1/chat/completions -------------------------------
 
-MaxNewTokens = Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS_LIMIT)]
-Temperature = Annotated[float, Field(ge=0.0, le=2.0, description="0 is greedy.")]
-TopP = Annotated[float, Field(gt=0.0, le=1.0, description="Nucleus sampling: the probability mass kept.")]
-TopK = Annotated[int, Field(ge=-1, description="-1 or 0 disables top-k.")]
-RepetitionPenalty = Annotated[float, Field(gt=0.0, le=2.0, description="Above 1 discourages repeating tokens.")]
-Seed = Annotated[Optional[int], Field(description="Sampling seed, for reproducible replies.")]
+MaxNewTokens = Annotated[int, Field(ge=1, description="At most the server's limits.max_new_tokens (see the schema)."),
+                         INTEGRAL]
+Temperature = Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False, description="0 is greedy.")]
+TopP = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False,
+                              description="Nucleus sampling: the probability mass kept.")]
+TopK = Annotated[int, Field(ge=-1, description="-1 or 0 disables top-k."), INTEGRAL]
+RepetitionPenalty = Annotated[float, Field(gt=0.0, le=2.0, allow_inf_nan=False,
+                                           description="Above 1 discourages repeating tokens.")]
+SAFE_INTEGER = 2**53 - 1
+"""The largest integer every JSON parser reads exactly (RFC 7493, I-JSON)."""
+Seed = Annotated[Optional[Annotated[int, Field(ge=-SAFE_INTEGER, le=SAFE_INTEGER), INTEGRAL]],
+                 Field(description="Sampling seed, for reproducible replies.")]
+StopString = Annotated[str, Field(min_length=1)]
+Heal = Annotated[Optional[bool], Field(description=(
+    "Self-healing: the model writes freely; if its reply breaks the RRR format, what broke it is never sent "
+    "and the reply goes on from the valid part, guided by the regex of its valid remainders. Default (null): "
+    "on, unless the served model is configured otherwise, 'guided' is set (valid already) or 'ignore_eos' is."))]
 
 DEFAULT_MAX_NEW_TOKENS = 256
 DEFAULT_TEMPERATURE = 0.7
@@ -44,6 +67,8 @@ DEFAULT_REPETITION_PENALTY = 1.1
 class SamplingOptions(BaseModel):
     """Sampling settings, validated at the edge (out-of-range values are a 422)."""
 
+    model_config = STRICT
+
     max_new_tokens: MaxNewTokens = Field(DEFAULT_MAX_NEW_TOKENS, description="Most tokens to generate.")
     temperature: Temperature = DEFAULT_TEMPERATURE
     top_p: TopP = DEFAULT_TOP_P
@@ -51,18 +76,23 @@ class SamplingOptions(BaseModel):
     repetition_penalty: RepetitionPenalty = DEFAULT_REPETITION_PENALTY
     seed: Seed = None
     ignore_eos: bool = Field(False, description="Keep generating past end-of-sequence (benchmarks).")
+    stop: list[StopString] = Field(default_factory=list, description="Stop before any of these strings "
+                                   "(at most the server's limits.max_stop_strings).")
 
 
 class GenerateRequest(SamplingOptions):
     """``POST /generate``: the seed's body, plus multi-turn messages, model choice and guided decoding."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [  # exactly one of prompt, messages
+        {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+        {"required": ["messages"], "properties": {"messages": {"type": "array"}}}]})
 
     prompt: Optional[str] = Field(None, min_length=1, description="A single user message.")
     messages: Optional[list[ChatMessage]] = Field(None, min_length=1, description="Multi-turn history instead of prompt.")
     system: Optional[str] = Field(None, description="System message put before the conversation.")
     model: Optional[str] = Field(None, description="Served model or LoRA adapter (see /v1/models); default: the fine-tuned one.")
     guided: bool = Field(False, description="Constrain decoding with guided_regex(): valid RRR by construction.")
+    heal: Heal = None
     repair: bool = Field(False, description="Also return the repaired text and what repair changed.")
     stream: bool = Field(False, description="Stream NDJSON lines, one per token.")
 
@@ -70,8 +100,6 @@ class GenerateRequest(SamplingOptions):
     def _prompt_or_messages(self) -> "GenerateRequest":
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of 'prompt' or 'messages'")
-        if self.messages is not None and self.messages[-1].role != "user":
-            raise ValueError("the last message must be a user message")
         return self
 
     def sampling(self) -> SamplingOptions:
@@ -92,6 +120,9 @@ class EngineRequest(BaseModel):
     messages: list[dict[str, str]]
     sampling: SamplingOptions
     guided_regex: Optional[str] = None
+    heal: bool = Field(False, description="Heal the reply if it breaks the RRR format (see GenerateRequest.heal).")
+    continue_final_message: bool = Field(False, description="The last message is the start of the assistant's "
+                                         "reply: the engine continues it (no end of turn, no new turn).")
 
 
 # -- /generate responses --------------------------------------------------------------------------
@@ -108,6 +139,15 @@ class GenerationMetadata(BaseModel):
     model: Optional[str] = None
 
 
+class HealReport(BaseModel):
+    """A healed reply: the model's own text up to ``position``, then its continuation under the regex
+    of the valid remainders of that text."""
+
+    position: int = Field(description="Character offset in the reply where the model's own text broke the format.")
+    reason: ErrorCode = Field(description="The violation that broke it.")
+    dropped_tokens: int = Field(description="Tokens generated past the break, never sent (not in output_tokens).")
+
+
 class GenerateResponse(BaseModel):
     """``POST /generate``, not streamed: the reply and its verdict."""
 
@@ -117,6 +157,7 @@ class GenerateResponse(BaseModel):
     repaired_text: Optional[str] = Field(None, description="With repair: the reply after repair.")
     repair: Optional[RepairReport] = Field(None, description="With repair: what repair changed.")
     error: Optional[str] = None
+    heal: Optional[HealReport] = Field(None, exclude_if=_absent, description="Present when the reply was healed.")
 
 
 class GenerateFailure(BaseModel):
@@ -146,6 +187,7 @@ class GenerateStreamEnd(BaseModel):
     repaired_text: Optional[str] = Field(None, exclude_if=_absent)
     repair: Optional[RepairReport] = Field(None, exclude_if=_absent)
     error: Optional[str] = Field(None, exclude_if=_absent)
+    heal: Optional[HealReport] = Field(None, exclude_if=_absent, description="Present when the reply was healed.")
 
 
 class ValidationIssue(BaseModel):
@@ -175,7 +217,7 @@ class HealthResponse(BaseModel):
 class ChatCompletionRequest(BaseModel):
     """The subset of OpenAI's chat completion request that rrr-ray honours (plus ``guided``)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: Optional[str] = None
     messages: list[ChatMessage] = Field(min_length=1)
@@ -186,21 +228,19 @@ class ChatCompletionRequest(BaseModel):
     top_k: TopK = DEFAULT_TOP_K
     repetition_penalty: RepetitionPenalty = DEFAULT_REPETITION_PENALTY
     seed: Seed = None
-    n: int = Field(1, ge=1, le=1, description="Only one choice per request.")
+    n: Annotated[int, Field(ge=1, le=1), INTEGRAL] = Field(1, description="Only one choice per request.")
     stream: bool = False
+    stop: Optional[Union[StopString, list[StopString]]] = Field(
+        None, description="Stop before this string or any of these (at most the server's limits.max_stop_strings).")
     guided: bool = Field(False, description="rrr-ray extension (pass through extra_body).")
-
-    @model_validator(mode="after")
-    def _last_is_user(self) -> "ChatCompletionRequest":
-        if self.messages[-1].role != "user":
-            raise ValueError("the last message must be a user message")
-        return self
+    heal: Heal = None
 
     def sampling(self) -> SamplingOptions:
         return SamplingOptions(
             max_new_tokens=self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_NEW_TOKENS,
             temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-            repetition_penalty=self.repetition_penalty, seed=self.seed)
+            repetition_penalty=self.repetition_penalty, seed=self.seed,
+            stop=[self.stop] if isinstance(self.stop, str) else list(self.stop or []))
 
 
 class Usage(BaseModel):
@@ -228,6 +268,8 @@ class ChatCompletion(BaseModel):
     choices: list[ChatCompletionChoice]
     usage: Usage
     rrr_validation: Validation = Field(description="rrr-ray extension: the RRR verdict on the reply.")
+    rrr_heal: Optional[HealReport] = Field(None, exclude_if=_absent,
+                                           description="rrr-ray extension: present when the reply was healed.")
 
 
 class ChunkDelta(BaseModel):
@@ -251,6 +293,7 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChunkChoice]
     usage: Optional[Usage] = Field(None, exclude_if=_absent)
     rrr_validation: Optional[Validation] = Field(None, exclude_if=_absent)
+    rrr_heal: Optional[HealReport] = Field(None, exclude_if=_absent)
 
 
 class ModelCard(BaseModel):

@@ -113,6 +113,8 @@ def record_metrics(metrics: ServingMetrics, model: str, end: Union[Finished, Fai
     record = end.record
     metrics.record(model, end.ttft_s, record.engine_ttft_s, end.total_s, record.output_tokens,
                    record.validation.valid)
+    if record.heal is not None:
+        metrics.record_heal(model, record.heal.reason.value)
 
 
 # -- formatters -----------------------------------------------------------------------------------
@@ -135,7 +137,8 @@ async def ndjson(events: ReplyEvents) -> AsyncIterator[bytes]:
         elif isinstance(event, Finished):
             record = event.record
             lines += _line(GenerateStreamEnd(metadata=event.metadata, validation=record.validation,
-                                             repaired_text=record.repaired_text, repair=record.repair))
+                                             repaired_text=record.repaired_text, repair=record.repair,
+                                             heal=record.heal))
         if lines:
             yield lines.encode()
 
@@ -157,7 +160,7 @@ async def sse(events: ReplyEvents, completion_id: str, model: str) -> AsyncItera
         elif isinstance(event, Finished):
             record = event.record
             text += chunk(ChunkDelta(), record.finish_reason or "stop", usage=usage(record),
-                          rrr_validation=record.validation) + _DONE
+                          rrr_validation=record.validation, rrr_heal=record.heal) + _DONE
         if text:
             yield text.encode()
 

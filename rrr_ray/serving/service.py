@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from rrr_ray.format import guided_regex
 from rrr_ray.serving.engine import ModelNotServedError
+from rrr_ray.serving.limits import HttpLimits
 from rrr_ray.serving.metrics import ServingMetrics
 from rrr_ray.serving.protocol import (
     AssistantMessage, ChatCompletion, ChatCompletionChoice, ChatCompletionRequest, EngineRequest, GenerateFailure,
@@ -39,11 +40,14 @@ class ServedModel:
     root: str
     description: str = ""
     parent: Optional[str] = None  # the base model, for a LoRA adapter
+    heal: bool = True  # the default of the request option ``heal`` (RRR models: on)
 
 
 class RRRService:
     def __init__(self, stream: StreamFn, health: HealthFn, models: list[ServedModel],
-                 default_model: Optional[str] = None, metrics: Optional[ServingMetrics] = None) -> None:
+                 default_model: Optional[str] = None, metrics: Optional[ServingMetrics] = None,
+                 limits: Optional[HttpLimits] = None) -> None:
+        """``limits``: what one request may ask (enforced by the app, ``rrr_ray.serving.api``)."""
         if not models:
             raise ValueError("no models to serve")
         self.stream = stream
@@ -53,6 +57,7 @@ class RRRService:
         if self.default_model not in self.models:
             raise ValueError(f"default model {self.default_model!r} is not among {list(self.models)}")
         self.metrics = metrics
+        self.limits = limits or HttpLimits()
         self._regex = guided_regex()
         self.created = int(time.time())
 
@@ -65,10 +70,16 @@ class RRRService:
         return name
 
     def engine_request(self, model: Optional[str], messages: list[dict[str, str]], sampling: SamplingOptions,
-                       guided: bool) -> EngineRequest:
-        return EngineRequest(request_id=f"rrr-{uuid.uuid4().hex}", model=self.resolve_model(model),
+                       guided: bool, heal: Optional[bool] = None) -> EngineRequest:
+        if sampling.max_new_tokens > self.limits.max_new_tokens:  # the default, where the limit is lower
+            sampling = sampling.model_copy(update={"max_new_tokens": self.limits.max_new_tokens})
+        name = self.resolve_model(model)
+        if heal is None:  # the model's default; a benchmark's ignore_eos reply is not cut short
+            heal = self.models[name].heal and not sampling.ignore_eos
+        return EngineRequest(request_id=f"rrr-{uuid.uuid4().hex}", model=name,
                              messages=messages, sampling=sampling,
-                             guided_regex=self._regex if guided else None)
+                             guided_regex=self._regex if guided else None,
+                             heal=heal and not guided)  # a guided reply is valid already
 
     async def reply(self, request: EngineRequest, with_repair: bool, start: float) -> ReplyEvents:
         """Start the request's stream and return its events (see ``replies.open_reply``)."""
@@ -78,7 +89,7 @@ class RRRService:
 
     async def generate(self, body: GenerateRequest) -> Response:
         start = time.perf_counter()
-        request = self.engine_request(body.model, body.chat_messages(), body.sampling(), body.guided)
+        request = self.engine_request(body.model, body.chat_messages(), body.sampling(), body.guided, body.heal)
         events = await self.reply(request, body.repair, start)
         if body.stream:
             return StreamingResponse(ndjson(events), media_type="application/x-ndjson")
@@ -88,7 +99,7 @@ class RRRService:
         record = end.record
         return typed_json(GenerateResponse(generated_text=record.text, metadata=end.metadata,
                                            validation=record.validation, repaired_text=record.repaired_text,
-                                           repair=record.repair))
+                                           repair=record.repair, heal=record.heal))
 
     # -- OpenAI-compatible ----------------------------------------------------------------------
 
@@ -99,7 +110,7 @@ class RRRService:
     async def chat_completions(self, body: ChatCompletionRequest) -> Response:
         start = time.perf_counter()
         request = self.engine_request(body.model, [m.model_dump() for m in body.messages], body.sampling(),
-                                      body.guided)
+                                      body.guided, body.heal)
         events = await self.reply(request, False, start)
         completion_id = f"chatcmpl-{request.request_id[4:]}"
         if body.stream:
@@ -112,7 +123,7 @@ class RRRService:
             id=completion_id, created=int(time.time()), model=request.model,
             choices=[ChatCompletionChoice(message=AssistantMessage(content=record.text),
                                           finish_reason=record.finish_reason)],
-            usage=usage(record), rrr_validation=record.validation))
+            usage=usage(record), rrr_validation=record.validation, rrr_heal=record.heal))
 
     # -- /health --------------------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 ``model_stream``: engine deltas -> ``ModelChunk`` batches (the model deployment's output).
 ``postprocess``: ``ModelChunk`` batches -> ``OutputChunk`` batches with every token labelled by
-its RRR section and, on the last, the ``FinalRecord`` (the post-processor deployment's output).
+its RRR section and, on the last, the ``FinalRecord`` (the post-processor deployment's output);
+with ``Healing``, a reply that breaks the format is continued from its valid part
+(``rrr_ray.serving.healing``), in one stream to the client.
 Errors travel as data (a chunk with ``error``), so every hop ends its stream cleanly. Chunks and
 records cross Ray hops, so they are plain picklable dataclasses.
 """
@@ -15,11 +17,14 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Optional, Union
 
-from rrr_ray.format import RepairReport, StreamValidator, Validation, repair
+from rrr_ray.format import (
+    ErrorCode, RepairReport, StreamValidator, Validation, prefix_state, prefix_violation, remainder_regex, repair,
+    valid_prefix_length, validate)
 from rrr_ray.format.stream import StreamEvent
 from rrr_ray.serving.batching import batched
 from rrr_ray.serving.engine import BadRequestError, Engine, EngineError
-from rrr_ray.serving.protocol import EngineRequest
+from rrr_ray.serving.healing import Healing
+from rrr_ray.serving.protocol import EngineRequest, HealReport
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +35,7 @@ class ModelChunk:
 
     text: list[str] = field(default_factory=list)
     num_tokens: int = 0
+    tokens_per_text: list[int] = field(default_factory=list)  # the tokens of each text, when known
     input_tokens: int = 0
     finished: bool = False
     finish_reason: Optional[str] = None
@@ -52,6 +58,7 @@ class FinalRecord:
     engine_time_s: Optional[float] = None
     repaired_text: Optional[str] = None  # with repair only
     repair: Optional[RepairReport] = None  # with repair only
+    heal: Optional[HealReport] = None  # a healed reply only
 
 
 @dataclass(slots=True)
@@ -77,6 +84,7 @@ async def model_stream(engine: Engine, request: EngineRequest,
                 last = outputs[-1]
                 yield ModelChunk(
                     text=[o.text for o in outputs], num_tokens=sum(o.num_tokens for o in outputs),
+                    tokens_per_text=[o.num_tokens for o in outputs],
                     input_tokens=last.input_tokens, finished=last.finished, finish_reason=last.finish_reason,
                     engine_ttft_s=now - start if first else None,
                     engine_time_s=now - start if last.finished else None)
@@ -123,36 +131,166 @@ class SectionLabeler:
         return self.validator.close()
 
 
-async def postprocess(chunks: AsyncIterator[ModelChunk], with_repair: bool = False) -> AsyncIterator[OutputChunk]:
-    """Validate the model's stream as it passes, labelling tokens; end with the verdict."""
-    labeler = SectionLabeler()
-    parts: list[str] = []
-    input_tokens = output_tokens = 0
-    engine_ttft = None
-    sent_any = False
-    async for chunk in chunks:
-        if chunk.error is not None:
-            yield OutputChunk(finished=True, error=chunk.error,
-                              status=None if sent_any else chunk.status)
+async def postprocess(chunks: AsyncIterator[ModelChunk], with_repair: bool = False,
+                      healing: Optional[Healing] = None) -> AsyncIterator[OutputChunk]:
+    """Validate the model's stream as it passes, labelling tokens; end with the verdict.
+
+    With ``healing``, a reply that breaks the format is cut at its longest valid prefix (nothing past
+    it is sent), the model's stream is closed, and the reply goes on with the tokens of a
+    continuation from that prefix; so does a reply that the model ends before it is complete.
+    A reply is healed at most once.
+    """
+    reply = _Reply(healing)
+    source, continuation = chunks, None
+    started = time.perf_counter()
+    try:
+        while source is not None:
+            stream, source = source, None
+            async for chunk in stream:
+                if chunk.error is not None:
+                    if continuation is not None and chunk.status is not None and chunk.status < 500:
+                        # refused before it began (in practice: no room left in the context)
+                        logger.warning("%s: the continuation was refused (%s); the reply ends as sent",
+                                       healing.request.request_id, chunk.error)
+                        end = ModelChunk(finished=True, finish_reason="length")
+                        yield OutputChunk(finished=True, final=reply.final(end, with_repair))
+                        return
+                    began = reply.began or continuation is not None
+                    yield OutputChunk(finished=True, error=chunk.error, status=None if began else chunk.status)
+                    return
+                reply.timing(chunk, continued=continuation is not None)
+                tokens, broke = reply.take(chunk)
+                if broke is None and chunk.finished and chunk.finish_reason == "stop":
+                    broke = reply.ended_short()
+                if broke is None:
+                    if chunk.finished:
+                        yield OutputChunk(tokens=tokens, finished=True, final=reply.final(chunk, with_repair))
+                        return
+                    if tokens:
+                        reply.began = True
+                        yield OutputChunk(tokens=tokens)
+                    continue
+                # The model's own part of the reply ends here.
+                reply.healed(broke, chunk.engine_time_s if chunk.finished and chunk.engine_time_s is not None
+                             else time.perf_counter() - started)
+                await _close(stream)
+                if prefix_state(reply.labeler.validator).complete:  # what was cut followed a whole reply
+                    end = ModelChunk(finished=True, finish_reason="stop")
+                    yield OutputChunk(tokens=tokens, finished=True, final=reply.final(end, with_repair))
+                    return
+                if tokens:
+                    reply.began = True
+                    yield OutputChunk(tokens=tokens)
+                assert healing is not None
+                request = healing.continuation(reply.text(), remainder_regex(reply.labeler.validator),
+                                               healing.tokens_left(reply.output_tokens))
+                logger.info("%s: healing the reply at character %d (%s), continued as %s",
+                            healing.request.request_id, broke.position, broke.reason.value, request.request_id)
+                source = continuation = healing.stream(request)
+                break
+            else:
+                yield OutputChunk(finished=True, error="the model stream ended without finishing")
+                return
+    finally:
+        if continuation is not None:
+            await _close(continuation)
+
+
+class _Reply:
+    """The reply as the client gets it: the text sent, labelled, its token counts and engine times."""
+
+    def __init__(self, healing: Optional[Healing]) -> None:
+        self.watch = healing  # while set, every token is checked (until the reply is healed, or cannot be)
+        self.labeler = SectionLabeler()
+        self.parts: list[str] = []  # the text sent
+        self.input_tokens = 0
+        self.output_tokens = 0  # the tokens whose text was sent, whole or in part
+        self.engine_ttft: Optional[float] = None
+        self.began = False  # tokens were sent
+        self.heal: Optional[HealReport] = None
+        self.own_tokens = 0  # healed: the tokens of the model's own part that were kept
+        self.own_time_s = 0.0  # healed: the engine time of the model's own part
+        self.continuation_ttft: Optional[float] = None
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def timing(self, chunk: ModelChunk, continued: bool) -> None:
+        if continued:  # the continuation's prompt holds the reply so far: its input is not the request's
+            if chunk.engine_ttft_s is not None:
+                self.continuation_ttft = chunk.engine_ttft_s
             return
-        tokens: list[tuple[str, Optional[str]]] = []
-        for text in chunk.text:
-            parts.append(text)
-            tokens += labeler.push(text)
-        input_tokens = chunk.input_tokens or input_tokens
-        output_tokens += chunk.num_tokens
+        self.input_tokens = chunk.input_tokens or self.input_tokens
         if chunk.engine_ttft_s is not None:
-            engine_ttft = chunk.engine_ttft_s
-        if not chunk.finished:
-            if tokens:
-                sent_any = True
-                yield OutputChunk(tokens=tokens)
-            continue
-        final = FinalRecord(text="".join(parts), validation=labeler.close(), input_tokens=input_tokens,
-                            output_tokens=output_tokens, finish_reason=chunk.finish_reason,
-                            engine_ttft_s=engine_ttft, engine_time_s=chunk.engine_time_s)
+            self.engine_ttft = chunk.engine_ttft_s
+
+    def take(self, chunk: ModelChunk) -> tuple[list[tuple[str, Optional[str]]], Optional[HealReport]]:
+        """Label the chunk's texts; while watching, only up to where the reply breaks the format
+        (with tokens left to heal it), returning what broke it."""
+        tokens: list[tuple[str, Optional[str]]] = []
+        for i, text in enumerate(chunk.text):
+            labelled = self.labeler.push(text)
+            if self.watch is not None and text and (reason := prefix_violation(self.labeler.validator)) is not None:
+                broke = self._cut(chunk, i, reason, tokens)
+                if broke is not None:
+                    return tokens, broke
+                self.watch = None  # no tokens left to heal it: the reply goes on as the model writes it
+            tokens += labelled
+            self.parts.append(text)
+        self.output_tokens += chunk.num_tokens
+        return tokens, None
+
+    def _cut(self, chunk: ModelChunk, index: int, reason: ErrorCode,
+             tokens: list[tuple[str, Optional[str]]]) -> Optional[HealReport]:
+        """Cut the reply inside ``chunk.text[index]``, where it stopped being a valid prefix."""
+        assert self.watch is not None
+        sent = self.text()
+        text = chunk.text[index]
+        cut = max(valid_prefix_length(sent + text), len(sent))  # what was sent was a valid prefix
+        kept = text[:cut - len(sent)]
+        counts = chunk.tokens_per_text
+        if len(counts) != len(chunk.text):  # not known: the chunk's tokens count on its last text
+            counts = [0] * (len(chunk.text) - 1) + [chunk.num_tokens]
+        kept_tokens = sum(counts[:index]) + (counts[index] if kept else 0)
+        if self.watch.tokens_left(self.output_tokens + kept_tokens) < 1:
+            return None
+        self.labeler = SectionLabeler()  # the labeler again, over the text sent only
+        self.labeler.validator.feed(sent)
+        if kept:
+            tokens += self.labeler.push(kept)
+            self.parts.append(kept)
+        self.output_tokens += kept_tokens
+        return HealReport(position=cut, reason=reason, dropped_tokens=chunk.num_tokens - kept_tokens)
+
+    def ended_short(self) -> Optional[HealReport]:
+        """While watching, a reply the model ended before it is complete (tokens left): heal it from its end."""
+        if self.watch is None or self.watch.tokens_left(self.output_tokens) < 1:
+            return None
+        state = prefix_state(self.labeler.validator)
+        if state.complete or not state.valid:
+            return None
+        text = self.text()
+        return HealReport(position=len(text), reason=validate(text).errors[0].code, dropped_tokens=0)
+
+    def healed(self, report: HealReport, own_time_s: float) -> None:
+        self.watch, self.heal = None, report
+        self.own_tokens, self.own_time_s = self.output_tokens, own_time_s
+
+    def final(self, chunk: ModelChunk, with_repair: bool) -> FinalRecord:
+        engine_ttft, engine_time = self.engine_ttft, chunk.engine_time_s
+        if self.heal is not None:  # engine times over both parts
+            engine_time = self.own_time_s + (engine_time or 0.0)
+            if self.own_tokens == 0:  # the first token the client got is the continuation's
+                engine_ttft = None if self.continuation_ttft is None else self.own_time_s + self.continuation_ttft
+        final = FinalRecord(text=self.text(), validation=self.labeler.close(), input_tokens=self.input_tokens,
+                            output_tokens=self.output_tokens, finish_reason=chunk.finish_reason,
+                            engine_ttft_s=engine_ttft, engine_time_s=engine_time, heal=self.heal)
         if with_repair:
             final.repaired_text, final.repair = repair(final.text)
-        yield OutputChunk(tokens=tokens, finished=True, final=final)
-        return
-    yield OutputChunk(finished=True, error="the model stream ended without finishing")
+        return final
+
+
+async def _close(stream: AsyncIterator[ModelChunk]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
