@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Every command runs with the CPU-node environment defined once in rrr_ray/env.py (set values win).
 RUN := $(BIN)/python -m rrr_ray.env
 
-.PHONY: install serve test test-fast model model-report model-tiny bench compare loadtest clean-venv
+.PHONY: install serve test test-fast model model-report model-tiny benchmark bench compare loadtest clean-venv
 
 install:
 	@bash scripts/install.sh
@@ -29,6 +29,10 @@ model-report: install ## measure the default against its base and the seed: form
 
 model-tiny: install ## rebuild the rrr-tiny test models from scratch (base + fine-tunes, models/rrr-tiny*)
 	$(RUN) $(BIN)/python -m jobs.build_embedded_model
+
+benchmark: install ## the evaluation (50 prompts; tuned vs base; unguided, guided, healed) against a running `make serve`
+	$(RUN) $(BIN)/python -m jobs.benchmark --endpoint http://127.0.0.1:8000 --models rrr-smollm2,smollm2-135m-instruct \
+		--guided both --heal --concurrency 8 --output out/benchmark
 
 bench: install ## format-core throughput benchmark
 	$(RUN) $(BIN)/python -m loadtest.bench_format --output out/bench

@@ -20,6 +20,9 @@ from rrr_ray.format.spec import SECTION_NAMES
 
 log = logging.getLogger(__name__)
 
+DEFAULT_SEED_PATHS: tuple[str, ...] = ("data/seed/seed_dialogues.json", "data/seed/curated_seed_dialogues")
+"""The seed's dialogues, as the repository holds them (the training data of the default model)."""
+
 
 class ConvertError(RuntimeError):
     """Bad input or output for a conversion; the message is one line."""

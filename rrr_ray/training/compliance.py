@@ -7,37 +7,16 @@ The strict rule is :func:`rrr_ray.validate` on the raw reply, with no repair.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter, defaultdict
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from rrr_ray.data.prompts import CATEGORIES, DEFAULT_EVAL_PROMPTS, load_prompts  # noqa: F401 (re-exported)
 from rrr_ray.format import extract_assistant_reply, repair, validate
 
 log = logging.getLogger(__name__)
 
 GenerateFn = Callable[[list[str]], list[str]]
-CATEGORIES: tuple[str, ...] = ("general", "emotional_support", "practical_advice", "philosophical", "adversarial")
-DEFAULT_EVAL_PROMPTS = "data/eval_prompts.jsonl"
-"""The held-out prompts of the repository (never seen in training)."""
-
-
-def load_prompts(path: str | Path) -> list[dict[str, str]]:
-    """Read ``{"id", "category", "prompt"}`` JSON lines."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such prompts file")
-    prompts = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        item = json.loads(line)
-        if not isinstance(item, dict) or not item.get("prompt"):
-            raise ValueError(f"{path}: line {n}: expected an object with a 'prompt'")
-        prompts.append({"id": str(item.get("id", n)), "category": item.get("category", "general"),
-                        "prompt": item["prompt"]})
-    return prompts
 
 
 def _as_prompt_dicts(prompts: Iterable[str | Mapping[str, str]]) -> list[dict[str, str]]:

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 from typing import Any, Iterable, Sequence
 
+from rrr_ray.data.convert import DEFAULT_SEED_PATHS  # noqa: F401 (re-exported)
 from rrr_ray.data.records import DialogueRecord
 from rrr_ray.format import repair, validate
 from rrr_ray.format.chatml import IM_END, chatml_pieces, turn_start, with_default_system
-from rrr_ray.format.spec import SECTION_NAMES
+from rrr_ray.format.spoken import spoken_reply
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SEED_PATHS: tuple[str, ...] = ("data/seed/seed_dialogues.json", "data/seed/curated_seed_dialogues")
-_ANY_TAG = re.compile(r"</?\s*(?:" + "|".join(SECTION_NAMES) + r")\s*>", re.IGNORECASE)
 
 
 def tagged_records(records: Iterable[DialogueRecord]) -> tuple[list[DialogueRecord], int]:
@@ -44,15 +42,6 @@ def tagged_records(records: Iterable[DialogueRecord]) -> tuple[list[DialogueReco
     if dropped:
         log.warning("dropped %d conversations with an unrepairable assistant turn", dropped)
     return out, dropped
-
-
-def spoken_reply(text: str) -> str:
-    """The plain spoken reply of an RRR turn (its ``respond`` section), with no tags left."""
-    fixed, _ = repair(text)
-    respond = validate(fixed).sections.get("respond")
-    if respond:
-        return respond
-    return _ANY_TAG.sub(" ", text).strip()
 
 
 def untagged_records(records: Iterable[DialogueRecord]) -> list[DialogueRecord]:

@@ -12,6 +12,7 @@ from typing import Iterable, Sequence
 
 from rrr_ray.format import validate
 from rrr_ray.format.chatml import ASSISTANT_HEADER, render_chatml
+from rrr_ray.format.spoken import spoken_reply
 
 _WORD = re.compile(r"[a-z0-9']+")
 
@@ -25,8 +26,6 @@ def respond_section(reply: str) -> str | None:
 def spoken_text(reply: str) -> str | None:
     """What a reply says: its ``respond`` section, or, for a reply with no usable section (an
     untagged model's), the reply with any RRR tags removed."""
-    from rrr_ray.training.data import spoken_reply
-
     text = spoken_reply(reply).strip()
     return text or None
 
