@@ -285,7 +285,7 @@ def test_a_request_without_max_new_tokens_gets_the_default_bounded_by_the_limit(
     assert service.engine_request(None, USER, SamplingOptions(max_new_tokens=3), False).sampling.max_new_tokens == 3
 
 
-@pytest.mark.parametrize("name", ["serve_config.yaml", "serve_config.tiny.yaml", "serve_config.gpu.yaml"])
+@pytest.mark.parametrize("name", ["serve_config.yaml", "serve_config.single.yaml", "serve_config.tiny.yaml", "serve_config.gpu.yaml"])
 def test_the_serve_configs_set_the_limits_that_reach_the_ingress(name):
     from deployments.app import build_app
 

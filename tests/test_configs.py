@@ -1,5 +1,6 @@
-"""The shipped configs parse and build: serve_config.yaml (CPU default), the rrr-tiny variant of the
-tests and benchmarks, and the GPU variant."""
+"""The shipped configs parse and build: serve_config.yaml (CPU default, three deployments),
+serve_config.single.yaml (the same models in one replica), the rrr-tiny variant of the tests and
+benchmarks, and the GPU variant."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from rrr_ray.serving.config import load_app_args
 from tests.helpers import REPO
 
 
-CPU_CONFIGS = ["serve_config.yaml", "serve_config.tiny.yaml"]
+CPU_CONFIGS = ["serve_config.yaml", "serve_config.single.yaml", "serve_config.tiny.yaml"]
 
 
 @pytest.mark.parametrize("name", [*CPU_CONFIGS, "serve_config.gpu.yaml"])
@@ -24,6 +25,7 @@ def test_serve_configs_validate_and_build_a_graph(name):
 
 
 @pytest.mark.parametrize("name,default", [("serve_config.yaml", "rrr-smollm2"),
+                                          ("serve_config.single.yaml", "rrr-smollm2"),
                                           ("serve_config.tiny.yaml", "rrr-tiny")])
 def test_cpu_configs_serve_the_fine_tuned_model_on_loopback_with_fractional_cpus(name, default):
     from rrr_ray.training.pretrained import MERGED_NAME, SMOLLM2_135M
@@ -32,7 +34,7 @@ def test_cpu_configs_serve_the_fine_tuned_model_on_loopback_with_fractional_cpus
     assert config["http_options"]["host"] == "127.0.0.1"
     args = AppArgs.model_validate(load_app_args(REPO / name))
     assert args.default_model == default and args.models[0].path == f"models/{default}"
-    if name == "serve_config.yaml":  # the folders jobs.prepare_models builds
+    if default == "rrr-smollm2":  # the folders jobs.prepare_models builds
         assert [m.path for m in args.models] == [f"models/{MERGED_NAME}", f"models/{SMOLLM2_135M.name}"]
         assert all(m.enforce_eager for m in args.models)  # start-up within 90 s
     cpus = [args.ingress.num_cpus, args.postprocessor.num_cpus] + [m.deployment.num_cpus for m in args.models]
@@ -52,8 +54,22 @@ def test_cpu_only_engine_settings_stay_out_of_the_gpu_variant(name):
     assert "RRR_VLLM_BUSY_LOOP_S" not in (gpu_env.get("env_vars") or {})
 
 
-@pytest.mark.parametrize("name", CPU_CONFIGS)
-def test_stages_run_in_the_ingress_on_cpu_and_in_deployments_of_their_own_on_gpu(name):
+def test_the_default_is_three_deployments_with_autoscaled_models_and_single_keeps_one_replica():
+    default = load_app_args(REPO / "serve_config.yaml")
+    assert _deployment_names(build_app(default)) == {"RRRIngress", "RRRPostProcessor", "RRRModel:rrr-smollm2",
+                                                     "RRRModel:smollm2-135m-instruct"}
+    assert all(m.deployment.autoscaling_config for m in AppArgs.model_validate(default).models)
+    assert _deployment_names(build_app(load_app_args(REPO / "serve_config.single.yaml"))) == {"RRRIngress"}
+    single = load_app_args(REPO / "serve_config.single.yaml")
+
+    def engine(model: dict) -> dict:
+        return {k: v for k, v in model.items() if k not in ("placement", "deployment")}
+
+    assert [engine(m) for m in single["models"]] == [engine(m) for m in default["models"]]  # placed apart only
+
+
+@pytest.mark.parametrize("name", ["serve_config.single.yaml", "serve_config.tiny.yaml"])
+def test_stages_run_in_the_ingress_on_one_small_node_and_in_deployments_of_their_own_on_gpu(name):
     from ray.serve import Application
 
     cpu = AppArgs.model_validate(load_app_args(REPO / name))

@@ -99,7 +99,7 @@ def test_engine_niceness_is_validated():
         EngineConfig(name="m", path="p", engine_niceness=40)
 
 
-@pytest.mark.parametrize("name", ["serve_config.yaml", "serve_config.tiny.yaml"])
+@pytest.mark.parametrize("name", ["serve_config.yaml", "serve_config.single.yaml", "serve_config.tiny.yaml"])
 def test_serve_config_environment_is_loaded_for_graphs_started_from_python(name):
     from rrr_ray.env import CPU_NODE_ENV
 
