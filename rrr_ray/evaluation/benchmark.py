@@ -15,6 +15,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, Field, model_validator
 
 from rrr_ray.data.convert import DEFAULT_SEED_PATHS
+from rrr_ray.data.io import atomic_write_text
 from rrr_ray.data.prompts import CATEGORIES, DEFAULT_EVAL_PROMPTS, load_prompts
 from rrr_ray.evaluation.generation import (Generation, GenerationCache, GenerationTask, SamplingSettings,
                                            generate_all)
@@ -176,9 +177,7 @@ def _score(cfg: BenchmarkConfig, gens: list[Generation], prompts: list[dict[str,
 
 
 def _write_json(path: Path, data: Any) -> None:
-    partial = path.with_suffix(path.suffix + ".partial")
-    partial.write_text(json.dumps(as_jsonable(data), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    partial.replace(path)
+    atomic_write_text(path, json.dumps(as_jsonable(data), indent=2, ensure_ascii=False) + "\n")
 
 
 def run_benchmark(cfg: BenchmarkConfig, command: str = "") -> dict[str, Any]:
@@ -200,7 +199,7 @@ def run_benchmark(cfg: BenchmarkConfig, command: str = "") -> dict[str, Any]:
     if cfg.score_only:
         if missing:
             log.warning("%d of %d requests are not in the cache; they are left out", len(missing), len(tasks))
-        gens = [cache.done(t) for t in tasks if cache.done(t) is not None]
+        gens = [cache.done(t) for t in tasks]  # the missing ones are None, left out below
     else:
         if missing:
             check_models(cfg)
@@ -238,7 +237,6 @@ def run_benchmark(cfg: BenchmarkConfig, command: str = "") -> dict[str, Any]:
     }
     _write_json(out / "category_metrics.json", per_category)
     _write_json(out / "detailed_results.json", items)
-    summary["seconds"]["total"] = round(time.perf_counter() - started, 1)
     if cfg.plots:
         from rrr_ray.evaluation.plots import draw_all
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
+from rrr_ray.data.io import atomic_write_text
 from rrr_ray.evaluation.judge import JUDGE_CRITERIA
 from rrr_ray.evaluation.scoring import TEXT_METRICS
 
@@ -118,7 +119,7 @@ def write_report(path: Path, summary: dict[str, Any], per_category: dict[str, An
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in
                                          ("quality_radar.png", "response_time.png", "nlp_metrics_comparison.png",
                                           "category_analysis.png")]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _signed(est: dict[str, Any], name: str) -> str:
