@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -20,6 +21,9 @@ DEFAULT_CONFIG = REPO / "serve_config.yaml"
 """What ``make serve`` runs: the default model (SmolLM2-135M-Instruct + RRR LoRA) and its base."""
 TINY_CONFIG = REPO / "serve_config.tiny.yaml"
 """The same graph on the 4.7M test model: end-to-end tests and serving-overhead benchmarks."""
+
+
+_before_graph: set[int] = set()  # this process's children before start_graph: not the graph's
 
 
 def free_port() -> int:
@@ -41,12 +45,14 @@ def start_graph(args: dict[str, Any], port: Optional[int] = None, num_cpus: int 
     # can run beside `make serve`.
     os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
     os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
+    import psutil
     import ray
     from ray import serve
 
     from deployments.app import build_app
 
     port = port or free_port()
+    _before_graph.update(p.pid for p in psutil.Process().children(recursive=True))
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -65,11 +71,26 @@ def start_graph(args: dict[str, Any], port: Optional[int] = None, num_cpus: int 
     raise TimeoutError(f"the serving graph did not become healthy within {timeout_s} s")
 
 
-def stop_graph() -> None:
+def stop_graph(grace_s: float = 15.0) -> None:
+    """Shut Serve and the local Ray down; then stop any process they started that outlives them
+    (an HAProxy that Serve reloaded with ``-sf`` can keep the HTTP port), after ``grace_s``."""
+    import psutil
     import ray
     from ray import serve
 
+    started = [p for p in psutil.Process().children(recursive=True) if p.pid not in _before_graph]
     try:
         serve.shutdown()
     finally:
         ray.shutdown()
+    _, alive = psutil.wait_procs(started, timeout=grace_s)
+    for process in alive:
+        try:
+            logger.warning("stopping %s (pid %d), left running by the graph", process.name(), process.pid)
+            process.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(alive, timeout=5)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()

@@ -3,23 +3,71 @@ post-processor reached over Ray handles, and ``RRRPostProcessor``, its deploymen
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+import asyncio
+import logging
+from typing import Any, AsyncIterator, Callable, Optional, TypeVar
 
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from rrr_ray.serving.postprocessing import PostProcessing
 from rrr_ray.serving.protocol import EngineRequest
 from rrr_ray.serving.streams import ModelChunk, OutputChunk
 
+logger = logging.getLogger(__name__)
 
-async def cancelling(response: Any) -> AsyncIterator[Any]:
-    """Iterate a streaming handle call; closing the iterator cancels the call down the graph."""
+T = TypeVar("T", ModelChunk, OutputChunk)
+MODEL_HEALTH_TIMEOUT_S = 3.0
+"""How long /health waits for a model deployment's answer (none while no replica of it is ready)."""
+POSTPROCESSOR_HEALTH_TIMEOUT_S = MODEL_HEALTH_TIMEOUT_S + 2
+"""The post-processor's answer includes its models': it may take longer."""
+
+
+def hop_failure(exc: Exception, deployment: str) -> tuple[str, int]:
+    """The message and HTTP status (used only before a reply began) of a failed Ray hop."""
+    if isinstance(exc, BackPressureError):
+        return f"{deployment} is at capacity (max_ongoing_requests and max_queued_requests); retry shortly", 503
+    first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"{deployment} failed ({type(exc).__name__}: {first_line}); retry shortly", 503
+
+
+async def cancelling(response: Any, deployment: str, failed: Callable[[str, Optional[int]], T]) -> AsyncIterator[T]:
+    """Iterate a streaming handle call; closing the iterator cancels the call down the graph.
+
+    A replica that is at capacity, or that dies mid-stream, ends the stream with ``failed``'s chunk
+    (an error, with a 503 status while nothing was sent yet), so the client always gets a terminal
+    line instead of a cut connection.
+    """
+    began = False
     try:
         async for item in response:
+            began = True
             yield item
+    except Exception as exc:  # a Ray error: the chunks themselves carry the stages' own errors
+        message, status = hop_failure(exc, deployment)
+        logger.warning("stream from %s ended: %s", deployment, message)
+        yield failed(message, None if began else status)
     finally:
         response.cancel()
+
+
+def _model_failure(message: str, status: Optional[int]) -> ModelChunk:
+    return ModelChunk(finished=True, error=message, status=status)
+
+
+def _output_failure(message: str, status: Optional[int]) -> OutputChunk:
+    return OutputChunk(finished=True, error=message, status=status)
+
+
+async def remote_health(call: Any, deployment: str, timeout_s: float) -> Any:
+    """A deployment's ``health`` answer, waiting at most ``timeout_s``."""
+    try:
+        return await asyncio.wait_for(call, timeout_s)
+    except asyncio.TimeoutError:
+        call.cancel()
+        raise TimeoutError(f"{deployment} did not answer within {timeout_s:.0f} s "
+                           "(its replica is restarting, or busy)") from None
 
 
 class RemoteModel:
@@ -28,12 +76,13 @@ class RemoteModel:
     def __init__(self, handle: DeploymentHandle) -> None:
         self.handle = handle
         self.streaming = handle.options(stream=True)
+        self.name = handle.deployment_name
 
     def stream(self, request: EngineRequest) -> AsyncIterator[ModelChunk]:
-        return cancelling(self.streaming.stream.remote(request))
+        return cancelling(self.streaming.stream.remote(request), self.name, _model_failure)
 
     async def health(self) -> dict[str, Any]:
-        return await self.handle.health.remote()
+        return await remote_health(self.handle.health.remote(), self.name, MODEL_HEALTH_TIMEOUT_S)
 
 
 def remote_models(handles: dict[str, DeploymentHandle]) -> dict[str, RemoteModel]:
@@ -46,12 +95,13 @@ class RemotePostProcessing:
     def __init__(self, handle: DeploymentHandle) -> None:
         self.handle = handle
         self.streaming = handle.options(stream=True)
+        self.name = handle.deployment_name
 
     def stream(self, request: EngineRequest, with_repair: bool = False) -> AsyncIterator[OutputChunk]:
-        return cancelling(self.streaming.stream.remote(request, with_repair))
+        return cancelling(self.streaming.stream.remote(request, with_repair), self.name, _output_failure)
 
     async def health(self) -> dict[str, dict[str, Any]]:
-        return await self.handle.health.remote()
+        return await remote_health(self.handle.health.remote(), self.name, POSTPROCESSOR_HEALTH_TIMEOUT_S)
 
 
 @serve.deployment(name="RRRPostProcessor", ray_actor_options={"num_cpus": 0.1})

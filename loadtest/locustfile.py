@@ -28,6 +28,7 @@ percentiles. Environment:
 ``RRR_LT_PROMPTS``      prompts file, one user message per line (``loadtest/prompts.txt``)
 ``RRR_LT_RECORDS_DIR``  where to write the per-request JSONL (unset: not written)
 ``RRR_LT_WAIT``         seconds each user waits between requests (0: closed loop)
+``RRR_API_KEY``         the server's API keys (comma-separated): the first is sent as ``Authorization: Bearer``
 """
 
 from __future__ import annotations
@@ -83,15 +84,19 @@ class StreamingUser(HttpUser):
 
     def on_start(self) -> None:
         global _model_name
-        if _model_name is None:
-            _model_name = "rrr-tiny"
+        key = next((k.strip() for k in os.environ.get("RRR_API_KEY", "").split(",") if k.strip()), "")
+        if key:  # the server's keys: send the first
+            self.client.headers["Authorization"] = f"Bearer {key}"
+        if _model_name is None:  # every user that starts before the first answer asks too
+            name = "rrr-tiny"
             try:
                 r = self.client.get("/v1/models", name="/v1/models", timeout=10)
                 ids = [m["id"] for m in r.json().get("data", [])]
                 if ids:
-                    _model_name = ids[0]
+                    name = ids[0]
             except Exception:  # noqa: BLE001 - keep the default name
                 pass
+            _model_name = name
 
     # -- tasks -------------------------------------------------------------------------------
 

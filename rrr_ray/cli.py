@@ -51,6 +51,7 @@ def _curate(args: argparse.Namespace) -> int:
     from rrr_ray.data.records import format_curated_text
 
     cs = CuratedSet(args.curated)
+    cs.recover()  # a change killed half-way is rolled back before anything reads the set
     sources = getattr(args, "source", None) or []
     if args.action == "list":
         if sources:
@@ -116,6 +117,23 @@ def _curate(args: argparse.Namespace) -> int:
         backup = cs.edit(args.id, text, force=args.force)
         print(f"{path.name}: unchanged" if backup is None else f"{path.name}: saved; backup in {backup}")
         return 0
+    if args.action == "backups":
+        infos = cs.backups()
+        if args.json:
+            print(json.dumps([b.model_dump(mode="json") for b in infos], indent=2))
+            return 0
+        for b in infos:
+            what = f"{len(b.files)} files" + (f", {len(b.absent)} absent" if b.absent else "")
+            print(f"{b.name:<36} {b.action:<8} {b.error or what}")
+        print(f"{len(infos)} backups in {cs.backup_root}")
+        return 0
+    if args.action == "restore":
+        folder, backup = cs.restore(args.backup)
+        if backup is None:
+            print(f"the curated set already matches backup {folder.name}; nothing changed")
+        else:
+            print(f"restored backup {folder.name}; the versions it replaced are in backup {backup}")
+        return 0
     raise CLIError(f"unknown curate action {args.action}")  # pragma: no cover
 
 
@@ -152,9 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="JSON report")
     c.set_defaults(func=_convert)
 
-    cu = sub.add_parser("curate", help="curation workflow: list, show, accept, reject, edit",
+    cu = sub.add_parser("curate", help="curation workflow: list, show, accept, reject, edit, backups, restore",
                         description="Curate candidate dialogues into a curated set (dialog_NNN.txt files). Every "
-                                    "change is backed up first (<set>/.curation/backups/) and written atomically.")
+                                    "change is backed up first (<set>/.curation/backups/) and written atomically; "
+                                    "curate restore puts a backup back.")
     csub = cu.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     def common(sp: argparse.ArgumentParser, sources: bool = True) -> None:
@@ -185,6 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--from-file", type=Path, help="take the new text from this file instead of $EDITOR")
     sp.add_argument("--editor", help="editor command (default $VISUAL or $EDITOR)")
     sp.add_argument("--force", action="store_true", help="save even if replies are invalid")
+    sp = csub.add_parser("backups", help="list the curated set's backups, oldest first")
+    common(sp, sources=False)
+    sp.add_argument("--json", action="store_true")
+    sp = csub.add_parser("restore", help="put a backup's files back byte for byte (after backing up the current ones)",
+                         description="Write every file of a backup back where it was in the curated set (the "
+                                     "curation state too) and remove the files that did not exist then. The "
+                                     "current versions are backed up first, so a restore can be undone in turn.")
+    common(sp, sources=False)
+    sp.add_argument("backup", help="a backup's name (see curate backups) or its folder")
     cu.set_defaults(func=_curate)
 
     from rrr_ray.data.generation.cli import add_generation_arguments

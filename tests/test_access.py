@@ -144,3 +144,16 @@ def test_no_key_is_ever_logged(keyed_url, caplog):
     text = caplog.text
     assert "API keys on: 2 keys" in text and '"GET /v1/models HTTP/1.1" 401' in text  # the access log ran
     assert not any(k in text for k in (*KEYS, WRONG))
+
+
+def test_the_client_cli_sends_the_key_of_rrr_api_key(keyed_url, monkeypatch, capsys):
+    from rrr_ray.client import main
+
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    assert main(["hi", "--url", keyed_url, "--max-new-tokens", "4"]) == 1
+    assert "error (401)" in capsys.readouterr().err
+    monkeypatch.setenv(API_KEY_ENV, f"{KEYS[1]},{WRONG}")  # the first key is sent
+    assert main(["hi", "--url", keyed_url, "--max-new-tokens", "4", "--stream"]) == 0
+    assert "RRR:" in capsys.readouterr().out
+    monkeypatch.delenv(API_KEY_ENV)
+    assert main(["hi", "--url", keyed_url, "--max-new-tokens", "4", "--api-key", KEYS[0]]) == 0

@@ -150,3 +150,31 @@ def test_cluster_yaml_has_a_head_and_an_autoscaled_gpu_group():
     nodes = cluster["available_node_types"]
     gpu = [n for n in nodes.values() if n["resources"].get("GPU")]
     assert cluster["head_node_type"] in nodes and gpu and gpu[0]["max_workers"] > gpu[0]["min_workers"]
+
+
+def test_cluster_yaml_starts_every_node_with_ray_token_auth_and_a_loopback_dashboard():
+    cluster = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    starts = cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"]
+    ray_starts = [c for c in starts if "ray start" in c]
+    assert len(ray_starts) == 2 and all("RAY_AUTH_MODE=token ray start" in c for c in ray_starts)
+    assert not any("dashboard-host" in c for c in starts)  # the job API stays on the head's loopback
+    assert "~/.ray/auth_token" in cluster["file_mounts"]
+
+
+def test_the_haproxy_wrapper_binds_only_the_stats_and_metrics_frontends_to_loopback(tmp_path):
+    import subprocess
+
+    config = tmp_path / "haproxy.cfg"
+    config.write_text("global\n  maxconn 10\nfrontend prometheus\n    bind :9101\n    mode http\n"
+                      "frontend http_frontend\n    bind *:8000\nlisten stats\n  bind *:8404\n  stats enable\n")
+    out = subprocess.run([str(REPO / "scripts" / "haproxy-loopback"), "-db", "-f", str(config), "-sf", "12"],
+                         env={"RRR_HAPROXY_BINARY": "/bin/echo", "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["-db", "-f", str(config), "-sf", "12"]  # the real binary gets the same arguments
+    binds = [line.strip() for line in config.read_text().splitlines() if "bind" in line]
+    assert binds == ["bind 127.0.0.1:9101", "bind *:8000", "bind 127.0.0.1:8404"]  # HTTP: as configured
+
+
+def test_make_serve_checks_its_ports_first():
+    serve = (REPO / "Makefile").read_text().split("\nserve:")[1].split("\n\n")[0]
+    assert serve.index("rrr_ray.serving.ports serve_config.yaml") < serve.index("serve run serve_config.yaml")

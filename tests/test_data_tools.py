@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import random
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -56,6 +63,26 @@ def test_backups_are_timestamped_and_never_overwritten(tmp_path):
     assert b1 != b2 and b1.name < b2.name and b1.name.endswith("-edit")
     assert (b1 / "a.txt").read_text() == "v1" and (b2 / "a.txt").read_text() == "v2"
 
+
+
+def test_replace_dir_swaps_folders_and_recovers_the_fallback_gap(tmp_path, monkeypatch):
+    from rrr_ray.data import io
+
+    dst, new = tmp_path / "ds", tmp_path / ".ds.new"
+    for folder, text in ((dst, "old"), (new, "new")):
+        folder.mkdir()
+        (folder / "f").write_text(text)
+    io.replace_dir(new, dst)
+    assert (dst / "f").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["ds"]
+    # without renameat2: two renames, and a crash between them is mended by recover_dir
+    monkeypatch.setattr(io, "_exchange", lambda a, b: False)
+    os.replace(dst, tmp_path / ".ds.old")
+    io.recover_dir(dst)
+    assert (dst / "f").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["ds"]
+    new.mkdir()
+    (new / "f").write_text("newer")
+    io.replace_dir(new, dst)
+    assert (dst / "f").read_text() == "newer" and [p.name for p in tmp_path.iterdir()] == ["ds"]
 
 # -- validate ---------------------------------------------------------------------------------
 
@@ -212,9 +239,211 @@ def test_curate_edit_from_file_and_editor_with_backups(seed, capsys, monkeypatch
 def test_every_command_has_help_and_no_tracebacks(tmp_path):
     rrr = [sys.executable, "-m", "rrr_ray.cli"]
     for cmd in (["--help"], ["validate", "--help"], ["convert", "--help"], ["curate", "--help"],
-                ["curate", "edit", "--help"], ["generate", "--help"]):
+                ["curate", "edit", "--help"], ["curate", "restore", "--help"], ["generate", "--help"]):
         proc = subprocess.run(rrr + cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0 and "usage:" in proc.stdout, cmd
     proc = subprocess.run(rrr + ["curate", "list", "-c", str(tmp_path / "x"), "-s", str(tmp_path / "none")],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.startswith("rrr: error:")
+
+
+# -- restore and kill safety ------------------------------------------------------------------
+
+def set_files(folder: Path, mask_times: bool = False) -> dict[str, bytes]:
+    """Every data file of a curated set (or dataset folder) by relative path, without backups,
+    the lock, the journal of a change under way and temp files; ``mask_times``: without the times
+    in the curation state (which differ from run to run)."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        bookkeeping = rel.startswith(".curation/backups/") or rel in (".curation/lock", ".curation/pending")
+        if p.is_file() and not bookkeeping and not (p.name.startswith(".") and p.name.endswith(".tmp")):
+            out[rel] = p.read_bytes()
+            if mask_times and rel == ".curation/state.json":
+                out[rel] = re.sub(rb'"at": "[^"]*"', b'"at": "T"', out[rel])
+    return out
+
+
+def digests(files: dict[str, bytes]) -> dict[str, str]:
+    return {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}
+
+
+def test_curate_restore_is_byte_for_byte_and_undoable(seed, candidates, capsys):
+    cur = seed / "curated"
+    new = seed / "new.txt"
+    states, backups = [digests(set_files(cur))], []
+
+    def step(*argv: str) -> None:
+        rc, out, err = run(capsys, *argv)
+        assert rc == 0, err
+        backups.append(out.rsplit("backup in ", 1)[1].strip())
+        states.append(digests(set_files(cur)))
+
+    step("curate", "accept", "-c", cur, "-s", candidates, "cand-0")
+    new.write_text((cur / "dialog_003.txt").read_text().replace("User:", "User: Well,", 1))
+    step("curate", "edit", "-c", cur, "3", "--from-file", new)
+    step("curate", "reject", "-c", cur, "-s", candidates, "cand-2")
+    step("curate", "accept", "-c", cur, "-s", candidates, "cand-1")
+    assert len(set(map(str, states))) == 5
+    rc, out, _ = run(capsys, "curate", "backups", "-c", cur, "--json")
+    listed = json.loads(out)
+    assert [b["action"] for b in listed] == ["accept", "edit", "reject", "accept"]
+    assert not any(b["error"] for b in listed)
+    assert "dialog_012.txt" in listed[3]["absent"] and ".curation/state.json" in listed[3]["files"]
+    rc, out, _ = run(capsys, "curate", "backups", "-c", cur)
+    assert rc == 0 and "4 backups in" in out
+    assert re.search(rf"{Path(backups[3]).name} +accept +12 files, 1 absent\n", out)
+
+    # an earlier backup, by path: its files come back as they were before its change
+    rc, out, _ = run(capsys, "curate", "restore", "-c", cur, backups[1])
+    assert rc == 0 and "restored backup" in out
+    now = digests(set_files(cur))
+    assert now["dialog_003.txt"] == states[1]["dialog_003.txt"]
+    assert now[".curation/state.json"] == states[1][".curation/state.json"]
+    assert now["dialog_012.txt"] == states[4]["dialog_012.txt"]  # outside that backup: untouched
+    undo = out.rsplit("in backup ", 1)[1].strip()
+    assert Path(undo).name.endswith("-restore") and (Path(undo) / "dialog_003.txt").exists()
+    rc, _, _ = run(capsys, "curate", "restore", "-c", cur, Path(undo).name)  # the restore is undoable
+    assert rc == 0 and digests(set_files(cur)) == states[4]
+    # newest first, each backup takes the whole set back one step, byte for byte (new files removed)
+    for i in range(len(backups) - 1, -1, -1):
+        rc, _, err = run(capsys, "curate", "restore", "-c", cur, Path(backups[i]).name)
+        assert rc == 0, err
+        assert digests(set_files(cur)) == states[i], f"after restoring backup {i}"
+    assert sorted(p.name for p in cur.glob("dialog_*.txt"))[-1] == "dialog_010.txt"
+    assert len(read_dialogues(cur)) == 10
+    rc, out, _ = run(capsys, "curate", "restore", "-c", cur, Path(backups[0]).name)
+    assert rc == 0 and "nothing changed" in out
+
+    # a backup made before manifests (files by name only) still restores
+    legacy = cur / ".curation" / "backups" / "20200101T000000.000000Z-accept"
+    legacy.mkdir()
+    shutil.copy(Path(backups[0]) / "dialog_005.txt", legacy / "dialog_005.txt")
+    (cur / "dialog_005.txt").write_text("changed by hand")
+    rc, _, _ = run(capsys, "curate", "restore", "-c", cur, legacy.name)
+    assert rc == 0 and (cur / "dialog_005.txt").read_bytes() == (legacy / "dialog_005.txt").read_bytes()
+    # bad input: one line, exit 2, nothing written
+    before = set_files(cur)
+    (Path(backups[1]) / "dialog_003.txt").write_text("damaged")
+    for ref, msg in [(backups[1], "is damaged: dialog_003.txt"), ("nope", "no backup 'nope'"), ("..", "no backup"),
+                     (str(seed), "no backup")]:
+        rc, _, err = run(capsys, "curate", "restore", "-c", cur, ref)
+        assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1, err
+    assert set_files(cur) == before
+
+
+# Runs the CLI with every fsync/replace/rename slowed down, so that a kill lands inside the writes;
+# touches $RRR_TEST_STARTED once everything is imported.
+SLOW_CLI = """
+import os, sys, time
+import rrr_ray.cli
+if os.environ.get("RRR_TEST_IMPORT"):
+    __import__(os.environ["RRR_TEST_IMPORT"])
+delay = float(os.environ["RRR_TEST_IO_DELAY"])
+def slowed(f):
+    def g(*a, **k):
+        time.sleep(delay)
+        return f(*a, **k)
+    return g
+os.fsync, os.replace, os.rename = slowed(os.fsync), slowed(os.replace), slowed(os.rename)
+open(os.environ["RRR_TEST_STARTED"], "w").close()
+sys.exit(rrr_ray.cli.main(sys.argv[1:]))
+"""
+
+
+def run_killed(argv: list, kill_after: float | None, delay: float, import_: str = "",
+               writing: Callable[[], bool] = lambda: True) -> float:
+    """Run the CLI in a subprocess; SIGKILL it ``kill_after`` s after its imports are done and
+    ``writing()`` holds (None: let it finish). Returns the seconds from then to the exit."""
+    from rrr_ray.env import apply_cpu_node_env
+
+    apply_cpu_node_env()
+    with tempfile.TemporaryDirectory() as tmp:
+        started = Path(tmp) / "started"
+        env = {**os.environ, "RRR_TEST_IO_DELAY": str(delay), "RRR_TEST_STARTED": str(started),
+               "RRR_TEST_IMPORT": import_}
+        proc = subprocess.Popen([sys.executable, "-c", SLOW_CLI, *map(str, argv)], cwd=REPO, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        while not (started.exists() and writing()) and proc.poll() is None:
+            time.sleep(0.001)
+        t0 = time.monotonic()
+        if kill_after is not None:
+            time.sleep(kill_after)
+            proc.send_signal(signal.SIGKILL)
+        err = proc.communicate(timeout=60)[1]
+    if kill_after is None:
+        assert proc.returncode == 0, err.decode()
+    return time.monotonic() - t0
+
+
+def assert_old_or_new(now: dict[str, bytes], old: dict[str, bytes], new: dict[str, bytes], what: str) -> None:
+    for rel in sorted(set(now) | set(old) | set(new)):
+        assert now.get(rel) in (old.get(rel), new.get(rel)), f"{what}: {rel} is neither its old nor its new version"
+
+
+def test_curate_killed_mid_write_leaves_old_or_new_files(seed, candidates, tmp_path):
+    from rrr_ray.data.curation import CuratedSet
+    from rrr_ray.data.records import dialogue_files
+
+    rng = random.Random(20240607)
+    edited = seed / "edited.txt"
+    edited.write_text((seed / "curated" / "dialog_004.txt").read_text().replace("User:", "User: So,", 1))
+    for name, argv, kills in [("accept", ["curate", "accept", "-s", candidates, "cand-0", "cand-1"], 5),
+                              ("edit", ["curate", "edit", "4", "--from-file", edited], 3)]:
+        pristine = seed / "curated"
+        old = set_files(pristine, mask_times=True)
+        ref = tmp_path / f"{name}-ref"
+        shutil.copytree(pristine, ref)
+        window = run_killed([*argv, "-c", ref], None, delay=0.004)
+        new = set_files(ref, mask_times=True)
+        assert new != old
+        for k in range(kills):
+            cur = tmp_path / f"{name}-{k}"
+            shutil.copytree(pristine, cur)
+            run_killed([*argv, "-c", cur], rng.uniform(0, window), delay=0.004)
+            now = set_files(cur, mask_times=True)
+            assert_old_or_new(now, old, new, f"{name} kill {k}")
+            # temp files are hidden .tmp files the loaders skip; the set loads as it is
+            assert [p.name for p in dialogue_files(cur)] == sorted(r for r in now if "/" not in r)
+            assert len(read_dialogues(cur)) == len(CuratedSet(cur).files())
+            CuratedSet(cur).state()
+            # the next command rolls back a change left half-done: the whole set is old or new again
+            CuratedSet(cur).recover()
+            after = set_files(cur, mask_times=True)
+            assert after in (old, new), f"{name} kill {k}: set neither wholly old nor wholly new"
+            assert not (cur / ".curation" / "pending").exists()
+            left = [p.name for p in [*cur.glob(".*"), *(cur / ".curation").glob(".*"),
+                                     *(cur / ".curation" / "backups").glob(".*")]]
+            assert left in ([".curation"], []), left
+            assert not any(b.error for b in CuratedSet(cur).backups())
+
+
+def test_convert_killed_mid_write_leaves_old_or_new_dataset(seed, tmp_path):
+    import datasets
+
+    from rrr_ray.data.convert import convert
+
+    rng = random.Random(7)
+    convert([seed / "curated", seed / "seed_dialogues.json"], tmp_path / "ref-new")
+    new_rows = datasets.load_from_disk(str(tmp_path / "ref-new")).to_list()
+    argv = ["convert", seed / "curated", seed / "seed_dialogues.json", "--overwrite", "--output"]
+    ref = tmp_path / "ref" / "ds"
+    convert([seed / "curated"], ref)
+
+    def writing(out: Path) -> Callable[[], bool]:
+        return lambda: any(out.parent.glob(".ds.*"))  # a temp folder: save_to_disk has begun
+
+    window = run_killed([*argv, ref], None, delay=0.02, import_="datasets", writing=writing(ref))
+    assert datasets.load_from_disk(str(ref)).to_list() == new_rows
+    for k in range(4):
+        out = tmp_path / f"kill-{k}" / "ds"
+        convert([seed / "curated"], out)
+        old = set_files(out)
+        run_killed([*argv, out], rng.uniform(0, window), delay=0.02, import_="datasets", writing=writing(out))
+        assert out.is_dir(), f"kill {k}: the output folder is gone"
+        if set_files(out) != old:
+            assert datasets.load_from_disk(str(out)).to_list() == new_rows, f"kill {k}: partial dataset"
+        # only hidden temp folders may be left beside it; the next conversion removes them
+        assert [p.name for p in out.parent.iterdir() if not p.name.startswith(".")] == ["ds"]
+        convert([seed / "curated"], out, overwrite=True)
+        assert [p.name for p in out.parent.iterdir()] == ["ds"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import json
 
 import httpx
@@ -365,3 +366,117 @@ def test_recover_gives_up_after_the_restarts_fail_so_serve_replaces_the_replica(
         with pytest.raises(EngineDeadError, match="3 restarts in place failed"):
             await server.recover()
     run(main())
+
+
+# -- Ray hops that fail (deployments.postprocessor, over a stand-in for a handle) ----------------
+
+class _Response:
+    """A streaming handle call: yields ``items``, then raises ``error`` (if any)."""
+
+    def __init__(self, items: list, error: Exception | None = None, hang_s: float = 0.0) -> None:
+        self.items, self.error, self.hang_s, self.cancelled = items, error, hang_s, False
+
+    def __aiter__(self):
+        return self._iterate()
+
+    async def _iterate(self):
+        for item in self.items:
+            yield item
+        if self.error is not None:
+            raise self.error
+
+    def __await__(self):
+        return asyncio.sleep(self.hang_s).__await__()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Handle:
+    """A ``DeploymentHandle`` stand-in whose calls return the given ``_Response``."""
+
+    deployment_name = "RRRModel:fake"
+
+    def __init__(self, response: _Response) -> None:
+        self.response = response
+        self.stream = self.health = self
+
+    def options(self, **_: object) -> "_Handle":
+        return self
+
+    def remote(self, *_: object) -> _Response:
+        return self.response
+
+
+def _remote_service(response: _Response) -> RRRService:
+    from deployments.postprocessor import RemoteModel
+    from rrr_ray.serving.streams import ModelChunk
+
+    response.items = [ModelChunk(text=[t], num_tokens=1) for t in response.items]
+    postprocessing = PostProcessing({"fake": RemoteModel(_Handle(response))})
+    return RRRService(postprocessing.stream, postprocessing.health, [ServedModel("fake", "-", heal=False)])
+
+
+def test_a_full_model_deployment_is_a_503_with_retry_after():
+    from ray.serve.exceptions import BackPressureError
+
+    response = _Response([], BackPressureError(num_queued_requests=4, max_queued_requests=4))
+
+    async def main():
+        async with client(_remote_service(response)) as c:
+            return await c.post("/generate", json={"prompt": "hi", "stream": True})
+    r = run(main())
+    assert r.status_code == 503 and r.headers["retry-after"] == "5"
+    assert "RRRModel:fake is at capacity" in r.json()["error"]
+    assert response.cancelled
+
+
+def test_a_model_replica_that_dies_mid_stream_ends_the_stream_with_an_error_line():
+    from ray.exceptions import ActorDiedError
+
+    response = _Response(["<react>*nods*", "</react>"], ActorDiedError())
+
+    async def main():
+        async with client(_remote_service(response)) as c:
+            r = await c.post("/generate", json={"prompt": "hi", "stream": True})
+            return r.status_code, [json.loads(line) for line in r.text.splitlines()]
+    status, lines = run(main())
+    assert status == 200
+    assert "".join(line.get("token", "") for line in lines[:-1]) == "<react>*nods*</react>"
+    assert lines[-1]["finished"] is True and "RRRModel:fake failed (ActorDiedError" in lines[-1]["error"]
+
+
+def test_health_names_a_model_deployment_that_does_not_answer(monkeypatch):
+    import deployments.postprocessor as pp
+
+    monkeypatch.setattr(pp, "MODEL_HEALTH_TIMEOUT_S", 0.05)
+    response = _Response([], hang_s=5)
+
+    async def main():
+        async with client(_remote_service(response)) as c:
+            return await c.get("/health")
+    r = run(main())
+    assert r.status_code == 503 and r.json()["models"] == {"fake": False}
+    assert "RRRModel:fake did not answer within" in r.json()["error"] and response.cancelled
+
+
+def test_a_taken_port_is_named_with_its_process_in_one_line(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from rrr_ray.serving.ports import port_holder
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        holder = port_holder(port)
+        assert holder is not None and holder.pid == os.getpid()
+        config = tmp_path / "serve_config.yaml"
+        config.write_text(f"http_options:\n  host: 127.0.0.1\n  port: {port}\n")
+        proc = subprocess.run([sys.executable, "-m", "rrr_ray.serving.ports", str(config)], capture_output=True,
+                              text=True, env={**os.environ, "RAY_SERVE_ENABLE_HA_PROXY": "0"})
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"error: port {port} (serve_config.yaml http_options.port) is taken by pid {os.getpid()}" in proc.stderr
+    assert port_holder(port) is None

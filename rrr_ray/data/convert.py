@@ -3,6 +3,7 @@ with the statistics ``rrr convert`` prints."""
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import shutil
@@ -14,6 +15,7 @@ from typing import Iterable, Optional, Sequence
 
 from pydantic import BaseModel, Field
 
+from rrr_ray.data.io import fsync_tree, recover_dir, replace_dir
 from rrr_ray.data.records import DialogueRecord, read_dialogues
 from rrr_ray.format import validate
 from rrr_ray.format.spec import SECTION_NAMES
@@ -174,6 +176,38 @@ class ConvertReport(BaseModel):
     pushed_to: Optional[str] = None
 
 
+def save_atomically(ds, output: Path) -> None:
+    """``ds.save_to_disk`` into a hidden temp folder beside ``output``, then swap it in: a crash
+    leaves ``output`` old or new, never partial. Temp folders of dead earlier runs are removed."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temp(output)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.{os.getpid()}.", suffix=".tmp", dir=output.parent))
+    try:
+        ds.save_to_disk(str(tmp))
+        fsync_tree(tmp)
+        replace_dir(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _remove_stale_temp(output: Path) -> None:
+    """Remove ``.<name>.<pid>.*.tmp`` folders beside ``output`` whose process no longer runs."""
+    for p in output.parent.glob(f".{glob.escape(output.name)}.*.tmp"):
+        pid, *rest = p.name[len(output.name) + 2:].split(".")
+        if not (p.is_dir() and pid.isdigit() and len(rest) == 2):
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running (or the pid is reused): leave it
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        log.warning("removing %s, left by an interrupted conversion", p)
+        shutil.rmtree(p, ignore_errors=True)
+
+
 def convert(paths: list[Path], output: Optional[Path], push_to_hub: Optional[str] = None,
             overwrite: bool = False, only_valid: bool = False, private: bool = True) -> ConvertReport:
     """Read ``paths``, build the dataset, ``save_to_disk(output)`` atomically and optionally push it.
@@ -187,6 +221,8 @@ def convert(paths: list[Path], output: Optional[Path], push_to_hub: Optional[str
     if output is None and not push_to_hub:
         raise ConvertError("nothing to do: give --output DIR and/or --push-to-hub REPO")
     output = Path(output) if output is not None else None
+    if output is not None:
+        recover_dir(output)
     if output is not None and output.exists() and not overwrite:
         raise ConvertError(f"{output} already exists; pass --overwrite to replace it")
     try:
@@ -200,21 +236,7 @@ def convert(paths: list[Path], output: Optional[Path], push_to_hub: Optional[str
     stats = dataset_stats(records)
     ds = to_dataset(records)
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-        try:
-            ds.save_to_disk(str(tmp))
-            if output.exists():
-                old = output.with_name(f".{output.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(output, old)
-                os.replace(tmp, output)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, output)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        save_atomically(ds, output)
         log.info("saved %d dialogues to %s", len(ds), output)
     pushed = None
     if push_to_hub:

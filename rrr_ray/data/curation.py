@@ -4,24 +4,29 @@ rejected from a curated set, and curated dialogues are edited.
 The curated set keeps the seed's structure: a folder of ``dialog_NNN.txt`` files whose header
 reads ``Dialog N of M``. Decisions live in ``<set>/.curation/state.json``; before every change
 the files it touches (and the state) are copied to ``<set>/.curation/backups/<timestamp>-<action>/``,
-and every file is written atomically.
+and every file is written atomically. One change runs at a time (``.curation/lock``); while it
+runs, ``.curation/pending`` names its backup, so a change killed half-way is rolled back by the
+next one. ``restore`` puts a backup back byte for byte (itself backed up first).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Iterable, Iterator, Literal, Optional
 
 from pydantic import BaseModel, Field
 
-from rrr_ray.data.io import atomic_write_text, backup_files, timestamp
+from rrr_ray.data.io import MANIFEST, atomic_write_bytes, atomic_write_text, backup_files, fsync_dir, sha256, timestamp
 from rrr_ray.data.records import (
     DialogueFormatError, DialogueRecord, dialogue_files, format_curated_text, parse_curated_text, parse_turns,
     read_curated_file, read_dialogues,
@@ -32,6 +37,7 @@ log = logging.getLogger(__name__)
 
 CURATED_RE = re.compile(r"^dialog_(\d{3,})\.txt$")
 STATE_DIR = ".curation"
+STATE_FILE = f"{STATE_DIR}/state.json"
 
 
 class CurationError(RuntimeError):
@@ -59,6 +65,14 @@ class Candidate(BaseModel):
     errors: list[str] = Field(default_factory=list)
     status: str = "pending"
     record: DialogueRecord = Field(exclude=True)
+
+
+class BackupInfo(BaseModel):
+    name: str
+    action: str
+    files: list[str] = Field(default_factory=list, description="Paths in the set that a restore writes back.")
+    absent: list[str] = Field(default_factory=list, description="Paths that did not exist; a restore removes them.")
+    error: Optional[str] = None
 
 
 def record_errors(record: DialogueRecord) -> list[str]:
@@ -110,13 +124,72 @@ class CuratedSet:
         raise CurationError(f"no curated dialogue {ref!r} in {self.folder}")
 
     # -- writing --
-    def _commit(self, writes: dict[Path, str], state: CurationState, action: str) -> Path:
-        """Back up what will change, then write every file atomically, the state last."""
-        backup = backup_files([*writes, self.state_path], self.backup_root, action)
-        for path, text in writes.items():
-            atomic_write_text(path, text)
-        atomic_write_text(self.state_path, state.model_dump_json(indent=2) + "\n")
+    @property
+    def journal_path(self) -> Path:
+        return self.folder / STATE_DIR / "pending"
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[Optional[str]]:
+        """Hold the set's lock; first roll back a change that was interrupted (yields its backup's name)."""
+        (self.folder / STATE_DIR).mkdir(parents=True, exist_ok=True)
+        with open(self.folder / STATE_DIR / "lock", "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            yield self._roll_back()
+
+    def recover(self) -> Optional[str]:
+        """Roll back a change killed half-way, if any; returns the name of the backup it came from."""
+        if not self.journal_path.is_file():
+            return None
+        with self._exclusive() as rolled_back:
+            return rolled_back
+
+    def _roll_back(self) -> Optional[str]:
+        """Under the lock: remove temp files of killed writes and undo the journalled change, if any."""
+        for tmp in [*self.folder.glob(".dialog_*.tmp"), *(self.folder / STATE_DIR).glob(".*.tmp")]:
+            tmp.unlink(missing_ok=True)  # we hold the lock: no live writer owns them
+        for staging in self.backup_root.glob(".*.partial"):
+            shutil.rmtree(staging, ignore_errors=True)
+        if not self.journal_path.is_file():
+            return None
+        name = self.journal_path.read_text(encoding="utf-8").strip()
+        try:
+            self._apply(*self._backup_plan(self.backup_root / name))
+        except CurationError as exc:
+            raise CurationError(f"an interrupted change cannot be rolled back ({exc}); delete {self.journal_path} "
+                                "to keep the files as they are") from None
+        self.journal_path.unlink()
+        fsync_dir(self.journal_path.parent)
+        log.warning("%s: rolled back an interrupted change (files as in backup %s)", self.folder, name)
+        return name
+
+    def _commit(self, writes: dict[Path, str | bytes], action: str, removes: Iterable[Path] = ()) -> Path:
+        """Back up what will change, journal it, write every file atomically (the state last), unjournal."""
+        removes = [p for p in removes if p not in writes]
+        backup = backup_files([*writes, *removes], self.backup_root, action, base=self.folder)
+        atomic_write_text(self.journal_path, backup.name + "\n")
+        try:
+            self._apply(writes, removes)
+        except Exception:
+            log.error("%s: %s failed half-way; rolling back", self.folder, action)
+            self._roll_back()  # if this fails too, the journal stays for the next command
+            raise
+        self.journal_path.unlink()
+        fsync_dir(self.journal_path.parent)
         return backup
+
+    def _apply(self, writes: dict[Path, str | bytes], removes: Iterable[Path]) -> None:
+        """Write each file atomically and remove ``removes``, the state last."""
+        ops = [*writes.items(), *((p, None) for p in removes)]
+        for path, data in sorted(ops, key=lambda op: op[0] == self.state_path):
+            if data is None:
+                path.unlink(missing_ok=True)
+            else:
+                atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
+        fsync_dir(self.folder)
+        fsync_dir(self.state_path.parent)
+
+    def _state_text(self, state: CurationState) -> str:
+        return state.model_dump_json(indent=2) + "\n"
 
     def _renumbered(self, extra: list[DialogueRecord]) -> tuple[dict[Path, str], list[Path]]:
         """Texts of the existing files with ``Dialog N of M`` headers for the new total, plus the new files."""
@@ -139,6 +212,10 @@ class CuratedSet:
 
     def accept(self, candidates: list[Candidate], force: bool = False) -> tuple[list[tuple[str, str]], Optional[Path]]:
         """Add candidates to the set; returns ``[(candidate id, file name)]`` and the backup folder."""
+        with self._exclusive():
+            return self._accept(candidates, force)
+
+    def _accept(self, candidates: list[Candidate], force: bool) -> tuple[list[tuple[str, str]], Optional[Path]]:
         state = self.state()
         todo = []
         for c in candidates:
@@ -151,29 +228,35 @@ class CuratedSet:
             todo.append(c)
         if not todo:
             return [], None
-        self.folder.mkdir(parents=True, exist_ok=True)
         writes, new_paths = self._renumbered([c.record for c in todo])
         done = []
         for c, p in zip(todo, new_paths):
             state.decisions[c.conversation_id] = Decision(status="accepted", file=p.name, source=c.source)
             done.append((c.conversation_id, p.name))
-        backup = self._commit(writes, state, "accept")
-        return done, backup
+        writes[self.state_path] = self._state_text(state)
+        return done, self._commit(writes, "accept")
 
     def reject(self, candidates: list[Candidate], reason: Optional[str] = None) -> Path:
-        state = self.state()
-        for c in candidates:
-            d = state.decisions.get(c.conversation_id)
-            if d and d.status == "accepted":
-                raise CurationError(f"{c.conversation_id} is already accepted as {d.file}; edit or remove that file instead")
-            state.decisions[c.conversation_id] = Decision(status="rejected", source=c.source, reason=reason)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        return self._commit({}, state, "reject")
+        """Mark candidates as rejected; returns the backup folder."""
+        with self._exclusive():
+            state = self.state()
+            for c in candidates:
+                d = state.decisions.get(c.conversation_id)
+                if d and d.status == "accepted":
+                    raise CurationError(f"{c.conversation_id} is already accepted as {d.file}; "
+                                        "edit or remove that file instead")
+                state.decisions[c.conversation_id] = Decision(status="rejected", source=c.source, reason=reason)
+            return self._commit({self.state_path: self._state_text(state)}, "reject")
 
     def edit(self, ref: str, new_text: str, force: bool = False) -> Optional[Path]:
         """Replace a curated dialogue with ``new_text`` (curated file text, or bare turn text).
 
         Returns the backup folder, or None when nothing changed."""
+        self.resolve(ref)  # an unknown ref fails before the lock creates anything
+        with self._exclusive():
+            return self._edit(ref, new_text, force)
+
+    def _edit(self, ref: str, new_text: str, force: bool) -> Optional[Path]:
         path = self.resolve(ref)
         old = path.read_text(encoding="utf-8")
         header, old_rec = parse_curated_text(old, path.stem, str(path))
@@ -196,7 +279,78 @@ class CuratedSet:
         text = format_curated_text(header, rec)
         state = self.state()
         state.edits.append({"file": path.name, "at": timestamp()})
-        return self._commit({path: text}, state, "edit")
+        return self._commit({path: text, self.state_path: self._state_text(state)}, "edit")
+
+    # -- backups --
+    def backups(self) -> list[BackupInfo]:
+        """The set's backups, oldest first."""
+        out = []
+        for p in sorted(self.backup_root.iterdir()) if self.backup_root.is_dir() else []:
+            if not p.is_dir() or p.name.startswith("."):
+                continue
+            info = BackupInfo(name=p.name, action=re.sub(r"^[^-]*-?|-\d+$", "", p.name) or "?")
+            try:
+                writes, removes = self._backup_plan(p)
+                info.files = [t.relative_to(self.folder).as_posix() for t in writes]
+                info.absent = [t.relative_to(self.folder).as_posix() for t in removes]
+            except CurationError as exc:
+                info.error = str(exc)
+            out.append(info)
+        return out
+
+    def find_backup(self, ref: str) -> Path:
+        """A backup folder of this set, by name (as ``curate backups`` lists) or path."""
+        candidate = (Path(ref) if os.sep in ref else self.backup_root / ref).resolve()
+        if (candidate.parent != self.backup_root.resolve() or candidate.name.startswith(".")
+                or not candidate.is_dir()):
+            raise CurationError(f"no backup {ref!r} of {self.folder} (its backups are in {self.backup_root})")
+        return candidate
+
+    def restore(self, ref: str) -> tuple[Path, Optional[Path]]:
+        """Put every file of backup ``ref`` back byte for byte, and remove the files it records as
+        absent, after backing up their current versions (so that a restore can be undone too).
+
+        Returns the backup restored and the new backup (None when the files already match it)."""
+        folder = self.find_backup(ref)
+        with self._exclusive():
+            writes, removes = self._backup_plan(folder)
+            if (all(p.is_file() and p.read_bytes() == d for p, d in writes.items())
+                    and not any(p.exists() for p in removes)):
+                return folder, None
+            return folder, self._commit(writes, "restore", removes)
+
+    def _backup_plan(self, folder: Path) -> tuple[dict[Path, bytes], list[Path]]:
+        """What restoring ``folder`` writes (path -> bytes, checked against the manifest) and removes."""
+        if not folder.is_dir():
+            raise CurationError(f"backup {folder.name} is missing from {self.backup_root}")
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+            entries = [(e["name"], e["path"], e["sha256"]) for e in manifest["files"]]
+            absent = [str(a) for a in manifest["absent"]]
+        except FileNotFoundError:  # a backup made before manifests: files by name, no record of absent ones
+            entries = [(p.name, STATE_FILE if p.name == "state.json" else p.name, None)
+                       for p in sorted(folder.iterdir()) if p.is_file()]
+            absent = []
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CurationError(f"backup {folder.name}: unreadable {MANIFEST} ({exc})") from None
+        writes: dict[Path, bytes] = {}
+        for name, rel, digest in entries:
+            try:
+                data = (folder / name).read_bytes()
+            except FileNotFoundError:
+                raise CurationError(f"backup {folder.name} is damaged: {name} is missing") from None
+            if digest is not None and sha256(data) != digest:
+                raise CurationError(f"backup {folder.name} is damaged: {name} does not match its recorded SHA-256")
+            writes[self._target(rel, folder)] = data
+        return writes, [self._target(rel, folder) for rel in absent]
+
+    def _target(self, rel: str, backup: Path) -> Path:
+        """The set's file at ``rel`` (a curated dialogue or the state: a backup may hold nothing else)."""
+        if rel == STATE_FILE:
+            return self.state_path
+        if CURATED_RE.match(rel):
+            return self.folder / rel
+        raise CurationError(f"backup {backup.name}: {rel!r} is not a file of a curated set")
 
 
 def load_candidates(sources: list[Path], curated: Optional[CuratedSet] = None) -> list[Candidate]:

@@ -17,8 +17,12 @@ from typing import Any, Protocol
 from rrr_ray.data.generation.config import GenerationConfig
 from rrr_ray.data.generation.dialogue import DialogueGenerator, DialogueResult
 
+logger = logging.getLogger(__name__)
+
 
 class Executor(Protocol):
+    nodes: list[str]  # the Ray node of each worker (one "local" for the local executor)
+
     def submit(self, index: int) -> Any: ...
 
     def wait(self, pending: list) -> tuple[Any, DialogueResult]: ...
@@ -36,12 +40,20 @@ class GeneratorActor:
     async def generate(self, index: int) -> dict:
         return (await self.gen.generate(index)).model_dump(mode="json")
 
-    def ready(self) -> bool:
-        return True
+    def ready(self) -> str:
+        """The ID of the node this actor runs on."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
 
 class RayExecutor:
-    """``cfg.workers`` actors (default min(concurrency, 2)); each dialogue goes to the least loaded."""
+    """``cfg.workers`` actors (default min(concurrency, 2)), spread over the cluster's nodes; each
+    dialogue goes to the least loaded. An actor whose node dies is restarted elsewhere and its
+    dialogues are retried; the driver records each dialogue once, when its task returns, so nothing
+    is lost or doubled."""
+
+    max_restarts = 3
 
     def __init__(self, cfg: GenerationConfig):
         import ray
@@ -57,25 +69,52 @@ class RayExecutor:
             self._owns_ray = False
         n = cfg.workers or min(cfg.concurrency, 2)
         per = math.ceil(cfg.concurrency / n)
-        actor_cls = ray.remote(num_cpus=0, max_concurrency=per)(GeneratorActor)
+        # SPREAD over the nodes (a CPU share, however small: Ray packs CPU-less actors on one node);
+        # an actor whose node dies is restarted on another.
+        actor_cls = ray.remote(num_cpus=0.01, max_concurrency=per, scheduling_strategy="SPREAD",
+                               max_restarts=self.max_restarts, max_task_retries=self.max_restarts)(GeneratorActor)
         data = cfg.model_dump(mode="json")
         self.actors = [actor_cls.remote(data) for _ in range(n)]
-        ray.get([a.ready.remote() for a in self.actors])  # started: throughput is timed from here
+        self.nodes = ray.get([a.ready.remote() for a in self.actors])  # started: throughput is timed from here
         self.load = [0] * n
-        self.where: dict[Any, int] = {}
+        self.where: dict[Any, int] = {}  # a task -> its actor
+        self.task: dict[Any, tuple[int, Any, int]] = {}  # a task -> (dialogue index, first task, tries)
+        self.latest: dict[Any, Any] = {}  # the first task of a dialogue -> its task now (a retry's)
 
     def submit(self, index: int) -> Any:
+        return self._submit(index, first=None, tries=1)
+
+    def _submit(self, index: int, first: Any, tries: int) -> Any:
         i = min(range(len(self.actors)), key=self.load.__getitem__)
         ref = self.actors[i].generate.remote(index)
         self.load[i] += 1
         self.where[ref] = i
+        first = ref if first is None else first
+        self.task[ref] = (index, first, tries)
+        self.latest[first] = ref
         return ref
 
     def wait(self, pending: list) -> tuple[Any, DialogueResult]:
-        ready, _ = self.ray.wait(pending, num_returns=1)
-        ref = ready[0]
-        self.load[self.where.pop(ref)] -= 1
-        return ref, DialogueResult.model_validate(self.ray.get(ref))
+        """The next finished dialogue, as ``(the task submit returned, result)``. A dialogue whose
+        actor died or became unreachable (its node stopped) is submitted again, up to
+        ``max_restarts`` times."""
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
+        while True:
+            ready, _ = self.ray.wait([self.latest[p] for p in pending], num_returns=1)
+            ref = ready[0]
+            self.load[self.where.pop(ref)] -= 1
+            index, first, tries = self.task.pop(ref)
+            try:
+                result = DialogueResult.model_validate(self.ray.get(ref))
+            except (RayActorError, ActorUnavailableError) as exc:
+                if tries > self.max_restarts:
+                    raise
+                logger.warning("dialogue %d: its worker failed (%s); submitting it again", index, type(exc).__name__)
+                self._submit(index, first, tries + 1)
+                continue
+            del self.latest[first]
+            return first, result
 
     def close(self) -> None:
         for a in self.actors:
@@ -86,6 +125,7 @@ class LocalExecutor:
     """One ``DialogueGenerator`` on an event loop in a background thread of this process."""
 
     def __init__(self, cfg: GenerationConfig):
+        self.nodes = ["local"]
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()

@@ -40,13 +40,14 @@ class GenerationSummary(BaseModel):
     mode: str
     model: str
     concurrency: int
+    nodes: int = Field(0, description="Ray nodes the workers ran on (0: nothing left to generate).")
     output: str
 
     def lines(self) -> list[str]:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.rejected_reasons.items())) or "none"
         return [
             f"generated {self.generated} dialogues in {self.elapsed_s:.1f}s ({self.dialogues_per_minute:.1f}/min, "
-            f"concurrency {self.concurrency}, mode {self.mode}, model {self.model})",
+            f"concurrency {self.concurrency}, {self.nodes} node(s), mode {self.mode}, model {self.model})",
             f"folder {self.output} holds {self.total}/{self.requested} (resumed with {self.resumed_with})",
             f"rejected {self.rejected} ({reasons}); retries {self.retries}; format retries {self.format_retries}; "
             f"repaired {self.repaired}",
@@ -128,14 +129,16 @@ def generate_missing(cfg: GenerationConfig, executor: Executor, done: set[str], 
                     tally.attempts, tally.accepted, cfg.num_dialogues)
 
 
-def make_summary(cfg: GenerationConfig, tally: Tally, resumed_with: int, elapsed: float) -> GenerationSummary:
+def make_summary(cfg: GenerationConfig, tally: Tally, resumed_with: int, elapsed: float,
+                 nodes: int = 0) -> GenerationSummary:
     generated = tally.accepted - resumed_with
     return GenerationSummary(
         requested=cfg.num_dialogues, total=tally.accepted, generated=generated, resumed_with=resumed_with,
         rejected=tally.rejected, rejected_reasons=dict(tally.reasons), retries=tally.retries,
         format_retries=tally.format_retries, repaired=tally.repaired, attempts=tally.attempts,
         elapsed_s=round(elapsed, 3), dialogues_per_minute=round(60 * generated / elapsed, 3) if elapsed > 0 else 0.0,
-        mode=cfg.resolved_mode(), model=cfg.resolved_model(), concurrency=cfg.concurrency, output=str(cfg.output))
+        mode=cfg.resolved_mode(), model=cfg.resolved_model(), concurrency=cfg.concurrency, nodes=nodes,
+        output=str(cfg.output))
 
 
 def run_generation(cfg: GenerationConfig, use_ray: bool = True) -> GenerationSummary:
@@ -167,7 +170,8 @@ def run_generation(cfg: GenerationConfig, use_ray: bool = True) -> GenerationSum
         bar.close()
         if executor is not None:
             executor.close()
-    summary = make_summary(cfg, tally, resumed_with, time.monotonic() - t0)
+    summary = make_summary(cfg, tally, resumed_with, time.monotonic() - t0,
+                           len(set(executor.nodes)) if executor is not None else 0)
     atomic_write_text(out / STATE_DIR / "summary.json", summary.model_dump_json(indent=2) + "\n")
     for line in summary.lines():
         log.info(line)
