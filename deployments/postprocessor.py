@@ -24,12 +24,12 @@ POSTPROCESSOR_HEALTH_TIMEOUT_S = MODEL_HEALTH_TIMEOUT_S + 2
 """The post-processor's answer includes its models': it may take longer."""
 
 
-def hop_failure(exc: Exception, deployment: str) -> tuple[str, int]:
-    """The message and HTTP status (used only before a reply began) of a failed Ray hop."""
+def hop_failure(exc: Exception, deployment: str) -> str:
+    """What the client is told of a failed Ray hop."""
     if isinstance(exc, BackPressureError):
-        return f"{deployment} is at capacity (max_ongoing_requests and max_queued_requests); retry shortly", 503
+        return f"{deployment} is at capacity (max_ongoing_requests and max_queued_requests); retry shortly"
     first_line = (str(exc).strip().splitlines() or [""])[0][:300]
-    return f"{deployment} failed ({type(exc).__name__}: {first_line}); retry shortly", 503
+    return f"{deployment} failed ({type(exc).__name__}: {first_line}); retry shortly"
 
 
 async def cancelling(response: Any, deployment: str, failed: Callable[[str, Optional[int]], T]) -> AsyncIterator[T]:
@@ -45,9 +45,9 @@ async def cancelling(response: Any, deployment: str, failed: Callable[[str, Opti
             began = True
             yield item
     except Exception as exc:  # a Ray error: the chunks themselves carry the stages' own errors
-        message, status = hop_failure(exc, deployment)
+        message = hop_failure(exc, deployment)
         logger.warning("stream from %s ended: %s", deployment, message)
-        yield failed(message, None if began else status)
+        yield failed(message, None if began else 503)  # before the reply began: a 503 with Retry-After
     finally:
         response.cancel()
 

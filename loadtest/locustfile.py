@@ -44,6 +44,7 @@ from locust import HttpUser, constant, events
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loadtest.metrics import RequestRecord, StreamReader, StreamTracker, append_records  # noqa: E402
+from rrr_ray.client import auth_headers  # noqa: E402
 
 MAX_TOKENS = int(os.environ.get("RRR_LT_MAX_TOKENS", "64"))
 TEMPERATURE = float(os.environ.get("RRR_LT_TEMPERATURE", "0.7"))
@@ -84,9 +85,7 @@ class StreamingUser(HttpUser):
 
     def on_start(self) -> None:
         global _model_name
-        key = next((k.strip() for k in os.environ.get("RRR_API_KEY", "").split(",") if k.strip()), "")
-        if key:  # the server's keys: send the first
-            self.client.headers["Authorization"] = f"Bearer {key}"
+        self.client.headers.update(auth_headers(None))  # the first of the server's keys, if any
         if _model_name is None:  # every user that starts before the first answer asks too
             name = "rrr-tiny"
             try:

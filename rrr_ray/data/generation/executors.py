@@ -77,8 +77,7 @@ class RayExecutor:
         self.actors = [actor_cls.remote(data) for _ in range(n)]
         self.nodes = ray.get([a.ready.remote() for a in self.actors])  # started: throughput is timed from here
         self.load = [0] * n
-        self.where: dict[Any, int] = {}  # a task -> its actor
-        self.task: dict[Any, tuple[int, Any, int]] = {}  # a task -> (dialogue index, first task, tries)
+        self.task: dict[Any, tuple[int, int, Any, int]] = {}  # a task -> (actor, dialogue index, first task, tries)
         self.latest: dict[Any, Any] = {}  # the first task of a dialogue -> its task now (a retry's)
 
     def submit(self, index: int) -> Any:
@@ -88,9 +87,8 @@ class RayExecutor:
         i = min(range(len(self.actors)), key=self.load.__getitem__)
         ref = self.actors[i].generate.remote(index)
         self.load[i] += 1
-        self.where[ref] = i
         first = ref if first is None else first
-        self.task[ref] = (index, first, tries)
+        self.task[ref] = (i, index, first, tries)
         self.latest[first] = ref
         return ref
 
@@ -103,8 +101,8 @@ class RayExecutor:
         while True:
             ready, _ = self.ray.wait([self.latest[p] for p in pending], num_returns=1)
             ref = ready[0]
-            self.load[self.where.pop(ref)] -= 1
-            index, first, tries = self.task.pop(ref)
+            actor, index, first, tries = self.task.pop(ref)
+            self.load[actor] -= 1
             try:
                 result = DialogueResult.model_validate(self.ray.get(ref))
             except (RayActorError, ActorUnavailableError) as exc:
