@@ -38,8 +38,8 @@ benchmark: install ## the evaluation (50 prompts; tuned vs base; unguided, guide
 bench: install ## format-core throughput benchmark
 	$(RUN) $(BIN)/python -m loadtest.bench_format --output out/bench
 
-compare: install ## engine vs rrr-ray graph (5 paired rounds, median) vs seed-style server (out/compare/compare.json)
-	$(RUN) $(BIN)/python -m loadtest.compare --model models/rrr-tiny --rounds 5 --output out/compare
+compare: install ## engine vs the graph's two shapes (5 paired rounds each, median) vs seed-style server (out/compare/compare.json)
+	$(RUN) $(BIN)/python -m loadtest.compare --model models/rrr-tiny --placements deployment,ingress --concurrency 1,4,16,64 --rounds 5 --output out/compare
 
 loadtest: install ## Locust at 1, 4 and 16 users against a running `make serve`
 	$(RUN) $(BIN)/python -m loadtest.run --host http://127.0.0.1:8000 --users 1,4,16 --duration 60s --output out/load

@@ -22,11 +22,17 @@ runs ``max(96, 40 c)`` measured requests unless ``--requests-per-level`` says ot
 the ramp-up and the tail of a closed loop weigh little against its steady state. (c) runs once,
 alone, afterwards (at most 96 requests per level: it is slow).
 
-Writes ``compare.json``: ``throughput_ratio_vs_engine_c16`` (b/a output tok/s at 16),
-``ttft_overhead_ms_p50_c1`` (b minus a, TTFT p50 at 1), ``throughput_ratio_vs_seed_c16`` (b/c),
-``seed_ratio_vs_engine_c16`` (c/a), from the round with the median b/a at the highest level, every
-round's figures, the targets and whether they hold, and every system's full
-:func:`loadtest.metrics.summarize` per level; prints a table.
+``--placements deployment,ingress`` measures the graph's two shapes one after the other, each
+paired with the same (a): every stage in a deployment of its own (ingress -> post-processor ->
+model, two Ray hops each way), and every stage inside the ingress replica.
+
+Writes ``compare.json``: per shape (``shapes``; the first shape's figures also at the top level)
+``throughput_ratio_vs_engine_c16`` and ``_c64`` (b/a output tok/s), ``ttft_overhead_ms_p50_c1``
+(b minus a, TTFT p50 at 1), ``ttft_ratio_vs_engine_c16`` (b/a TTFT p50), ``throughput_ratio_vs_seed_c16``
+(b/c), from the round with the median b/a at the highest level, every round's figures, the
+targets (``TARGETS``) and whether they hold, and every system's full
+:func:`loadtest.metrics.summarize` per level, with, for (b), where its TTFT went
+(``ttft_breakdown_ms``: HTTP, Ray hops and post-processing, model stage); prints a table per shape.
 """
 
 from __future__ import annotations
@@ -52,10 +58,16 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SYSTEMS = {"a": "engine", "b": "serve", "c": "seed"}
 TARGETS = {
-    "throughput_ratio_vs_engine_c16": (">=", 0.90),
-    "ttft_overhead_ms_p50_c1": ("<=", 15.0),
+    "throughput_ratio_vs_engine_c16": (">=", 0.95),
+    "throughput_ratio_vs_engine_c64": (">=", 0.95),
+    "ttft_overhead_ms_p50_c1": ("<=", 10.0),
+    "ttft_ratio_vs_engine_c16": ("<=", 1.5),
     "throughput_ratio_vs_seed_c16": (">=", 5.0),
 }
+"""The graph against the engine (b/a) and the seed (b/c); a level that was not measured is not judged."""
+PLACEMENTS = ("deployment", "ingress")
+"""The graph's shapes: every stage in a deployment of its own (ingress -> post-processor -> model,
+two Ray hops), or every stage inside the ingress replica (no Ray hop)."""
 
 
 SEED_MAX_REQUESTS = 96  # (c) decodes one request at a time per thread: keep its levels short
@@ -201,15 +213,19 @@ def seed_server(model: str, log_path: Path, env: dict[str, str] | None = None):
         log.close()
 
 
-def graph_args(model: str, config: Optional[str] = None) -> dict[str, Any]:
+def graph_args(model: str, config: Optional[str] = None, placement: Optional[str] = None) -> dict[str, Any]:
     """The application args of ``config`` (default serve_config.tiny.yaml), serving only its first model,
-    from ``model``."""
+    from ``model``; ``placement`` (one of ``PLACEMENTS``) gives the post-processor and the model
+    that placement instead of the config's."""
     from deployments.launch import TINY_CONFIG
     from rrr_ray.serving.config import load_app_args
 
     app = load_app_args(Path(config or TINY_CONFIG))
     first = dict(app["models"][0])
     first["path"] = model
+    if placement is not None:
+        first["placement"] = placement
+        app["postprocessor"] = {**app.get("postprocessor", {}), "placement": placement}
     app["models"] = [first]
     app["default_model"] = first["name"]
     return app
@@ -245,15 +261,16 @@ def engine_args_from_graph(app: dict[str, Any]) -> list[str]:
 
 
 @contextlib.contextmanager
-def serve_graph(args):
+def serve_graph(args, placement: Optional[str] = None):
     """The rrr-ray graph: ``--serve-url`` as given, else started in-process with
-    ``deployments.launch.start_graph`` (serve_config.tiny.yaml's first model, pointed at ``--model``)."""
+    ``deployments.launch.start_graph`` (the config's first model, pointed at ``--model``, in
+    ``placement``)."""
     if args.serve_url:
         yield args.serve_url.rstrip("/")
         return
     from deployments.launch import start_graph, stop_graph
 
-    app = graph_args(args.model, args.config)
+    app = graph_args(args.model, args.config, placement)
     for kv in args.graph_arg:
         k, _, v = kv.partition("=")
         try:
@@ -295,17 +312,13 @@ def ratios(systems: dict[str, Any], levels: list[int]) -> dict[str, Any]:
 
     tput = lambda s, c: _get(systems, s, c, "output_throughput")  # noqa: E731
     ttft = lambda s, c: _get(systems, s, c, "ttft_ms", "p50")  # noqa: E731
-    out = {
-        "throughput_ratio_vs_engine_c16": div(tput("serve", 16), tput("engine", 16)),
-        "ttft_overhead_ms_p50_c1": sub(ttft("serve", 1), ttft("engine", 1)),
-        "throughput_ratio_vs_seed_c16": div(tput("serve", 16), tput("seed", 16)),
-        "seed_ratio_vs_engine_c16": div(tput("seed", 16), tput("engine", 16)),
-    }
-    for c in levels:
+    out = {}
+    for c in sorted({*levels, 1, 16, 64}):
         out[f"throughput_ratio_vs_engine_c{c}"] = div(tput("serve", c), tput("engine", c))
         out[f"throughput_ratio_vs_seed_c{c}"] = div(tput("serve", c), tput("seed", c))
         out[f"seed_ratio_vs_engine_c{c}"] = div(tput("seed", c), tput("engine", c))
         out[f"ttft_overhead_ms_p50_c{c}"] = sub(ttft("serve", c), ttft("engine", c))
+        out[f"ttft_ratio_vs_engine_c{c}"] = div(ttft("serve", c), ttft("engine", c))
     out["levels_used"] = {"low": lo, "high": hi}
     return out
 
@@ -317,6 +330,7 @@ def median_round(rounds: list[dict[str, Any]], levels: list[int]) -> int:
 
 
 def check_targets(r: dict[str, Any]) -> dict[str, Any]:
+    """Each target with its value and ``ok`` (None where its level was not measured)."""
     res = {}
     for k, (op, bound) in TARGETS.items():
         v = r.get(k)
@@ -326,18 +340,67 @@ def check_targets(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def table(systems: dict[str, Any], levels: list[int]) -> str:
+    """One line per system and level; the graph's lines end with where its TTFT p50 went
+    (``loadtest.metrics.ttft_breakdown``: HTTP / Ray hops and post-processing / model stage)."""
     head = f"{'system':<8}{'c':>4}{'ok':>5}{'tok/s':>10}{'req/s':>8}{'TTFT p50':>10}{'TTFT p99':>10}" \
-           f"{'TPOT p50':>10}{'ITL p50':>9}{'E2EL p50':>10}"
+           f"{'TPOT p50':>10}{'ITL p50':>9}{'E2EL p50':>10}  TTFT p50 http / graph / model"
     lines = [head, "-" * len(head)]
     for name in ("engine", "serve", "seed"):
         for c in levels:
             s = systems.get(name, {}).get("levels", {}).get(str(c))
             if not s:
                 continue
+            b = s.get("ttft_breakdown_ms")
+            split = "" if not b else f"  {b['http']['p50']:.1f} / {b['graph']['p50']:.1f} / {b['model']['p50']:.1f}"
             lines.append(f"{name:<8}{c:>4}{s['completed']:>5}{s['output_throughput']:>10.1f}"
                          f"{s['request_throughput']:>8.2f}{s['ttft_ms']['p50']:>10.1f}{s['ttft_ms']['p99']:>10.1f}"
-                         f"{s['tpot_ms']['p50']:>10.2f}{s['itl_ms']['p50']:>9.2f}{s['e2el_ms']['p50']:>10.0f}")
+                         f"{s['tpot_ms']['p50']:>10.2f}{s['itl_ms']['p50']:>9.2f}{s['e2el_ms']['p50']:>10.0f}{split}")
     return "\n".join(lines)
+
+
+HEADLINE = ("throughput_ratio_vs_engine_c16", "throughput_ratio_vs_engine_c64", "ttft_overhead_ms_p50_c1",
+            "ttft_ratio_vs_engine_c16", "throughput_ratio_vs_seed_c16", "seed_ratio_vs_engine_c16")
+
+
+def run_rounds(blocks: dict[str, Any], levels: list[int], args, errors: dict[str, str],
+               label: str) -> list[dict[str, Any]]:
+    """``--rounds`` paired rounds of every level on each system of ``blocks`` (name -> function(c, n,
+    warmup)), back to back, the order reversed every other round."""
+    rounds: list[dict[str, Any]] = [{} for _ in range(args.rounds)]
+    for i, here in enumerate(rounds):
+        print(f"[compare] {label}: round {i + 1} of {args.rounds}", flush=True)
+        for c in levels:
+            order = list(blocks) if i % 2 == 0 else list(reversed(blocks))
+            for name in order:
+                time.sleep(args.settle_s)
+                try:
+                    level = blocks[name](c, requests_for(c, args.requests_per_level), c)
+                except (RuntimeError, OSError) as exc:
+                    errors[f"{name} ({label}, round {i + 1}, c={c})"] = str(exc)
+                    continue
+                here.setdefault(name, {"levels": {}})["levels"][str(c)] = level
+    return rounds
+
+
+def shape_report(rounds: list[dict[str, Any]], meta: dict[str, dict[str, Any]], levels: list[int],
+                 seed: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """One shape's figures: those of the round with the median b/a at the highest level, and every round's."""
+    picked = median_round(rounds, levels)
+    systems = {name: {**meta.get(name, {}), **sys_} for name, sys_ in rounds[picked].items()}
+    if seed is not None:
+        systems["seed"] = seed
+    r = ratios(systems, levels)
+    return {
+        **{k: r[k] for k in HEADLINE},
+        "ratios": r,
+        "targets": check_targets(r),
+        "rounds": [{"round": i + 1, "picked": i == picked, "ratios": ratios(rs, levels),
+                    "output_throughput": {name: {c: v["output_throughput"] for c, v in sys_["levels"].items()}
+                                          for name, sys_ in rs.items()},
+                    "ttft_p50_ms": {name: {c: v["ttft_ms"]["p50"] for c, v in sys_["levels"].items()}
+                                    for name, sys_ in rs.items()}} for i, rs in enumerate(rounds)],
+        "systems": systems,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -356,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--serve-url", default=None, help="base URL of a running rrr-ray graph serving --model")
     ap.add_argument("--config", default=None,
                     help="serve config whose first model's settings (b) and (a) use (default: serve_config.tiny.yaml)")
+    ap.add_argument("--placements", default=None,
+                    help=f"graph shapes to measure in turn, each paired with the same (a): a comma list of "
+                         f"{', '.join(PLACEMENTS)} (default: the config's own; not with --serve-url)")
     ap.add_argument("--engine-arg", action="append", default=[],
                     help="AsyncEngineArgs key=value for (a) (default: the graph's settings from serve_config.tiny.yaml)")
     ap.add_argument("--graph-arg", action="append", default=[],
@@ -373,6 +439,16 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.model).exists():
         print(f"error: no model at {args.model}", file=sys.stderr)
         return 2
+    placements: list[Optional[str]] = [None]
+    if args.placements:
+        placements = [p.strip() for p in args.placements.split(",") if p.strip()]
+        unknown = [p for p in placements if p not in PLACEMENTS]
+        if unknown or not placements:
+            print(f"error: --placements takes {', '.join(PLACEMENTS)}, not {args.placements!r}", file=sys.stderr)
+            return 2
+        if args.serve_url:
+            print("error: --placements starts each shape itself; not with --serve-url", file=sys.stderr)
+            return 2
     args.model = str(Path(args.model).resolve())
     levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -389,42 +465,34 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
     errors: dict[str, str] = {}
     t_start = time.time()
-    rounds: list[dict[str, Any]] = [{} for _ in range(args.rounds)]
+    shape_rounds: dict[str, tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]] = {}
     with contextlib.ExitStack() as stack:
-        blocks: dict[str, Any] = {}  # system name -> function(c, n, warmup) measuring one level
-        meta: dict[str, dict[str, Any]] = {}  # system name -> what the report says of it besides its levels
+        engine_block: dict[str, Any] = {}
+        engine_meta: dict[str, dict[str, Any]] = {}
         if "a" not in skip:
             try:
                 engine = EngineProcess.start(args, out)
                 stack.callback(engine.close)
-                blocks["engine"] = engine.level
-                meta["engine"] = {"startup_s": engine.startup_s, "engine_args": args.engine_arg}
+                engine_block["engine"] = engine.level
+                engine_meta["engine"] = {"startup_s": engine.startup_s, "engine_args": args.engine_arg}
             except (RuntimeError, OSError) as exc:
                 errors["engine"] = str(exc)
-        if "b" not in skip:
-            try:
-                url = stack.enter_context(serve_graph(args))
-                asyncio.run(wait_healthy(url, timeout=60))
-                ignore_eos, notes = asyncio.run(probe_ignore_eos(url, "serve", args, prompts))
-                meta["serve"] = {"url": url, "ignore_eos": ignore_eos, "notes": notes}
-                blocks["serve"] = lambda c, n, w, url=url, ie=ignore_eos: asyncio.run(
-                    measure_http_level(url, "serve", args, c, n, w, prompts, ie))
-            except (RuntimeError, TimeoutError, OSError, ImportError) as exc:
-                errors["serve"] = str(exc)
-        for i, here in enumerate(rounds):
-            print(f"[compare] round {i + 1} of {args.rounds}", flush=True)
-            for c in levels:
-                order = list(blocks) if i % 2 == 0 else list(reversed(blocks))
-                for name in order:
-                    time.sleep(args.settle_s)
+        for placement in placements:
+            label = placement or "config"
+            blocks, meta = dict(engine_block), dict(engine_meta)
+            with contextlib.ExitStack() as graph:
+                if "b" not in skip:
                     try:
-                        level = blocks[name](c, requests_for(c, args.requests_per_level), c)
-                    except (RuntimeError, OSError) as exc:
-                        errors[f"{name} (round {i + 1}, c={c})"] = str(exc)
-                        continue
-                    here.setdefault(name, {"levels": {}})["levels"][str(c)] = level
-    picked = median_round(rounds, levels)
-    systems = {name: {**meta.get(name, {}), **sys_} for name, sys_ in rounds[picked].items()}
+                        url = graph.enter_context(serve_graph(args, placement))
+                        asyncio.run(wait_healthy(url, timeout=60))
+                        ignore_eos, notes = asyncio.run(probe_ignore_eos(url, "serve", args, prompts))
+                        meta["serve"] = {"url": url, "placement": label, "ignore_eos": ignore_eos, "notes": notes}
+                        blocks["serve"] = lambda c, n, w, url=url, ie=ignore_eos: asyncio.run(
+                            measure_http_level(url, "serve", args, c, n, w, prompts, ie))
+                    except (RuntimeError, TimeoutError, OSError, ImportError) as exc:
+                        errors[f"serve ({label})"] = str(exc)
+                shape_rounds[label] = (run_rounds(blocks, levels, args, errors, label), meta)
+    seed = None
     if "c" not in skip:
         try:
             with seed_server(args.model, out / "seed_server.log") as (url, proc):
@@ -435,11 +503,12 @@ def main(argv: list[str] | None = None) -> int:
                     n = seed_requests_for(c, args.requests_per_level)
                     seed_levels[str(c)] = asyncio.run(
                         measure_http_level(url, "seed", args, c, n, args.warmup, prompts, ignore_eos))
-                systems["seed"] = {"url": url, "levels": seed_levels, "ignore_eos": ignore_eos, "notes": notes}
+                seed = {"url": url, "levels": seed_levels, "ignore_eos": ignore_eos, "notes": notes}
         except (RuntimeError, TimeoutError, OSError) as exc:
             errors["seed"] = str(exc)
 
-    r = ratios(systems, levels)
+    shapes = {label: shape_report(rounds, meta, levels, seed) for label, (rounds, meta) in shape_rounds.items()}
+    first = shapes[next(iter(shapes))]
     report = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "wall_s": time.time() - t_start,
@@ -448,28 +517,27 @@ def main(argv: list[str] | None = None) -> int:
                    "seed_requests_per_level": {str(c): seed_requests_for(c, args.requests_per_level)
                                                for c in levels},
                    "rounds": args.rounds, "schedule": "paired: each level on (a) and (b) back to back, "
-                                                     "(a) first in odd rounds, (b) first in even ones",
+                                                     "(a) first in odd rounds, (b) first in even ones; "
+                                                     "the shapes one after the other, with the same (a)",
+                   "placements": list(shapes), "argv": sys.argv[1:] if argv is None else argv,
                    "temperature": 0.0, "ignore_eos": True, "prompts": args.prompts or str(HERE / "prompts.txt"),
                    "endpoint_b_c": "/generate (NDJSON stream)", "cpus": os.cpu_count(),
                    "serve_config": args.config or "serve_config.tiny.yaml",
                    "engine_env": {k: os.environ.get(k, v) for k, v in graph_env(args.config).items()
                                   if k.startswith("RRR_")}},
-        **{k: r[k] for k in ("throughput_ratio_vs_engine_c16", "ttft_overhead_ms_p50_c1",
-                             "throughput_ratio_vs_seed_c16", "seed_ratio_vs_engine_c16")},
-        "ratios": r,
-        "targets": check_targets(r),
-        "rounds": [{"round": i + 1, "picked": i == picked, "ratios": ratios(rs, levels),
-                    "output_throughput": {name: {c: v["output_throughput"] for c, v in sys_["levels"].items()}
-                                          for name, sys_ in rs.items()}} for i, rs in enumerate(rounds)],
-        "systems": systems,
+        **{k: first[k] for k in HEADLINE},  # the first shape's: the config's own, or the first of --placements
+        **{k: first[k] for k in ("ratios", "targets", "rounds", "systems")},
+        "shapes": shapes,
         "errors": errors,
     }
     (out / "compare.json").write_text(json.dumps(report, indent=2))
-    print(table(systems, levels))
-    for k in ("throughput_ratio_vs_engine_c16", "ttft_overhead_ms_p50_c1", "throughput_ratio_vs_seed_c16",
-              "seed_ratio_vs_engine_c16"):
-        v = report[k]
-        print(f"{k}: {'n/a' if v is None else f'{v:.3f}'}")
+    for label, shape in shapes.items():
+        print(f"\n[compare] shape: {label} (median round of {args.rounds})")
+        print(table(shape["systems"], levels))
+        for k in HEADLINE:
+            v = shape[k]
+            rounds_v = " / ".join("n/a" if (x := rd["ratios"].get(k)) is None else f"{x:.3f}" for rd in shape["rounds"])
+            print(f"{k}: {'n/a' if v is None else f'{v:.3f}'}   (rounds: {rounds_v})")
     for name, e in errors.items():
         print(f"[compare] {name} failed: {e}", file=sys.stderr)
     print(f"[compare] wrote {out / 'compare.json'}")

@@ -62,6 +62,8 @@ class RequestRecord:
     chunks: int = 0
     error: str = ""
     users: int | None = None
+    server_ttft: float | None = None  # the graph's own TTFT (its ingress; /generate's metadata)
+    engine_ttft: float | None = None  # the model stage's TTFT (from its call, template and tokens included)
 
     @property
     def end(self) -> float:
@@ -205,7 +207,23 @@ def summarize(records: Sequence[RequestRecord], duration_s: float | None = None)
         "tokens_per_s_per_request": {k: v / 1000.0 if k not in ("count",) else v for k, v in stats_ms(tps).items()},
         "errors": _error_counts(failed),
     }
+    breakdown = ttft_breakdown(ok)
+    if breakdown:
+        summary["ttft_breakdown_ms"] = breakdown
     return summary
+
+
+def ttft_breakdown(records: Sequence[RequestRecord]) -> dict[str, dict[str, float]]:
+    """Where a request's TTFT went, from the records whose server reported its own TTFTs: ``http``
+    (client TTFT minus the ingress's: the HTTP proxy, the HTTP server, the client), ``graph`` (the
+    ingress's minus the model stage's: the Ray hops and the post-processing) and ``model`` (the model
+    stage's: chat template, tokens, engine queue, prefill, first batch). Empty when none reported."""
+    timed = [r for r in records if r.ttft is not None and r.server_ttft is not None and r.engine_ttft is not None]
+    if not timed:
+        return {}
+    return {"http": stats_ms([r.ttft - r.server_ttft for r in timed]),
+            "graph": stats_ms([r.server_ttft - r.engine_ttft for r in timed]),
+            "model": stats_ms([r.engine_ttft for r in timed])}
 
 
 def summarize_by_endpoint(records: Sequence[RequestRecord], duration_s: float | None = None) -> dict[str, Any]:
@@ -330,7 +348,9 @@ class StreamReader:
             if obj.get("finished"):
                 meta = obj.get("metadata") or {}
                 self._final = {"completion_tokens": meta.get("output_tokens"),
-                               "prompt_tokens": meta.get("input_tokens", 0)}
+                               "prompt_tokens": meta.get("input_tokens", 0),
+                               "server_ttft": meta.get("time_to_first_token_seconds"),
+                               "engine_ttft": meta.get("engine_time_to_first_token_seconds")}
                 return True
             return False
         if sse_delta_text(obj):
@@ -345,4 +365,6 @@ class StreamReader:
         if self._final is None:
             end = "a finished line" if self.kind == "ndjson" else "data: [DONE]"
             return self.tracker.fail(f"stream ended without {end}")
-        return self.tracker.finish(self._final.get("completion_tokens"), self._final.get("prompt_tokens", 0))
+        record = self.tracker.finish(self._final.get("completion_tokens"), self._final.get("prompt_tokens", 0))
+        record.server_ttft, record.engine_ttft = self._final.get("server_ttft"), self._final.get("engine_ttft")
+        return record

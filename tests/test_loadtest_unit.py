@@ -178,8 +178,12 @@ def test_compare_ratios_and_targets():
     assert r["ttft_overhead_ms_p50_c1"] == pytest.approx(10.0)
     assert r["throughput_ratio_vs_seed_c16"] == pytest.approx(7.6)
     assert r["seed_ratio_vs_engine_c16"] == pytest.approx(0.125)
+    assert r["ttft_ratio_vs_engine_c16"] == pytest.approx(40.0 / 30.0)
     t = check_targets(r)
-    assert all(v["ok"] for v in t.values())
+    assert t["throughput_ratio_vs_engine_c64"] == {"target": ">= 0.95", "value": None, "ok": None}  # not measured
+    assert all(v["ok"] for k, v in t.items() if k != "throughput_ratio_vs_engine_c64")
+    systems["serve"]["levels"]["16"]["ttft_ms"]["p50"] = 46.0  # 1.53x the engine's
+    assert check_targets(ratios(systems, [1, 16]))["ttft_ratio_vs_engine_c16"]["ok"] is False
     assert ratios({"engine": systems["engine"]}, [1, 16])["throughput_ratio_vs_engine_c16"] is None
     assert "engine" in table(systems, [1, 16])
 
@@ -197,6 +201,41 @@ def test_compare_keeps_the_median_round_and_never_rounds_up():
     assert median_round(rounds, [16]) == 2
     assert median_round(rounds[:2], [16]) == 1  # two rounds: the lower one
     assert median_round([{"engine": {"levels": {"16": lv(1000)}}}], [16]) == 0  # no ratio at all
+
+
+def test_compare_gives_the_graph_either_shape_of_the_same_config():
+    from loadtest.compare import graph_args, main
+    from rrr_ray.serving.config import AppArgs
+
+    own = graph_args("models/rrr-tiny")
+    assert [m["name"] for m in own["models"]] == ["rrr-tiny"] and own["default_model"] == "rrr-tiny"
+    for placement in ("deployment", "ingress"):
+        app = AppArgs.model_validate(graph_args("models/rrr-tiny", None, placement))
+        assert app.postprocessor.placement == placement and app.models[0].placement == placement
+        assert app.models[0].max_num_seqs == own["models"][0]["max_num_seqs"]  # the rest as configured
+    assert main(["--placements", "deployment,everywhere"]) == 2
+    assert main(["--placements", "ingress", "--serve-url", "http://127.0.0.1:1"]) == 2
+
+
+def test_multiturn_bench_serves_the_model_with_and_without_prefix_caching_and_reports_the_last_turn():
+    from loadtest.bench_multiturn import graph_with_and_without_cache, report
+    from rrr_ray.serving.config import AppArgs
+
+    app, on, off = graph_with_and_without_cache("models/rrr-tiny", None)
+    models = AppArgs.model_validate(app).models
+    assert [m.name for m in models] == [on, off] == ["rrr-tiny", "rrr-tiny-no-prefix-cache"]
+    assert models[1].engine_kwargs["enable_prefix_caching"] is False and "enable_prefix_caching" not in models[0].engine_kwargs
+
+    def turn(ttft_ms, cached, text="x"):
+        return {"text": text, "ttft_s": ttft_ms / 1000, "engine_ttft_s": ttft_ms / 2000, "input_tokens": 400,
+                "cached_tokens": cached}
+
+    results = {on: [[turn(30, 0), turn(20, 256)], [turn(32, 0), turn(24, 256)]],
+               off: [[turn(30, 0), turn(60, 0)], [turn(30, 0), turn(64, 0, text="y")]]}
+    r = report(results, on, off, 2)
+    assert r["last_turn_ttft_ms_p50"] == {"prefix_caching": 22.0, "no_prefix_caching": 62.0}
+    assert r["last_turn_ttft_ratio"] == pytest.approx(22 / 62) and r["last_turn_cached_fraction"] == 0.64
+    assert r["replies_differing"] == 1 and r["per_turn"][on][1]["engine_ttft_ms_p50"] == pytest.approx(11.0)
 
 
 def test_generation_bench_reports_the_median_round_of_its_speed_ups():
@@ -302,6 +341,16 @@ def test_stream_reader_turns_ndjson_and_sse_lines_into_records():
     assert [ndjson.feed(line) for line in lines] == [False, False, False, True]
     rec = ndjson.result()
     assert rec.success and rec.output_tokens == 2 and rec.input_tokens == 5
+    assert rec.server_ttft is None and M.summarize([rec]).get("ttft_breakdown_ms") is None  # none reported
+
+    timed = M.StreamReader(M.StreamTracker("/generate", 1), "ndjson")
+    timed.feed('{"token": "<", "finished": false}')
+    timed.feed('{"token": "", "finished": true, "metadata": {"output_tokens": 1, "input_tokens": 5, '
+               '"time_to_first_token_seconds": 0.0, "engine_time_to_first_token_seconds": 0.0}}')
+    rec = timed.result()
+    rec.ttft, rec.server_ttft, rec.engine_ttft = 0.030, 0.024, 0.016  # client, ingress, model stage
+    split = M.summarize([rec])["ttft_breakdown_ms"]
+    assert {k: round(v["p50"], 6) for k, v in split.items()} == {"http": 6.0, "graph": 8.0, "model": 16.0}
 
     sse = M.StreamReader(M.StreamTracker("/v1/chat/completions", 1), "sse")
     for line in ['data: {"choices": [{"delta": {"content": "x"}}]}',

@@ -227,6 +227,25 @@ def test_health_turns_503_when_the_engine_dies():
     assert dead.status_code == 503 and dead.json()["model_loaded"] is False
 
 
+def test_the_engines_prefix_cache_hits_reach_the_metadata_and_the_usage():
+    """A second turn of a conversation repeats the first turn's prompt: the engine's cached prompt
+    tokens travel through the post-processing to /generate's metadata and OpenAI's usage."""
+    service, _ = make_service()
+    first = [{"role": "user", "content": "I feel stuck at work."}]
+    second = first + [{"role": "assistant", "content": VALID_REPLY}, {"role": "user", "content": "And at home."}]
+
+    async def main():
+        async with client(service) as c:
+            one = (await c.post("/generate", json={"messages": first})).json()["metadata"]
+            two = (await c.post("/generate", json={"messages": second})).json()["metadata"]
+            usage = (await c.post("/v1/chat/completions", json={"messages": second})).json()["usage"]
+            return one, two, usage
+    one, two, usage = run(main())
+    assert one["cached_input_tokens"] == 0
+    assert 0 < two["cached_input_tokens"] < two["input_tokens"]  # the first turn's prompt, not the new message
+    assert usage["prompt_tokens_details"] == {"cached_tokens": usage["prompt_tokens"]}  # the same prompt again
+
+
 def test_openai_routes_stream_sse_and_list_models():
     service, _ = make_service()
 

@@ -107,6 +107,7 @@ class EngineOutput:
     input_tokens: int
     finished: bool = False
     finish_reason: Optional[str] = None
+    cached_tokens: Optional[int] = None  # prompt tokens found in the prefix cache (None: not known)
 
 
 class Engine(abc.ABC):
@@ -266,7 +267,8 @@ class VLLMEngine(Engine):
                         raise EngineError(f"the engine ended the request with an error after {emitted} tokens")
                     emitted += len(choice.token_ids)
                     yield EngineOutput(text=choice.text, num_tokens=len(choice.token_ids), input_tokens=len(ids),
-                                       finished=out.finished, finish_reason=choice.finish_reason)
+                                       finished=out.finished, finish_reason=choice.finish_reason,
+                                       cached_tokens=out.num_cached_tokens)
                 else:
                     return
             except EngineError:

@@ -8,6 +8,8 @@ A request that continues a reply (``continue_final_message``, as self-healing se
 remainder that completes it with the valid reply's sections, checked against its guided regex.
 ``sampling.stop`` ends the reply before the first stop string in it, as vLLM does.
 ``engine_kwargs``: ``token_interval_s`` (the pace), ``start_s`` (how long ``start`` takes).
+A prefix cache of the last ``CACHED_PROMPTS`` prompts reports each request's ``cached_tokens``
+(its longest common prefix with one of them, as vLLM's prefix caching with one-token blocks).
 """
 
 from __future__ import annotations
@@ -29,6 +31,16 @@ BROKEN_REPLY = ("<react>*nods slowly*</react>\nSure! Here is what I would say:\n
                 "<respond>Let us look at it together.</respond>\n<reflect>They want a plan.</reflect>")
 _PIECE = re.compile(r".{1,4}", re.DOTALL)
 _FAIL_AFTER = re.compile(r"\[fail-after:(\d+)\]")
+CACHED_PROMPTS = 64
+
+
+def common_prefix(a: list[str], b: list[str]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 class FakeEngine(Engine):
@@ -40,6 +52,7 @@ class FakeEngine(Engine):
         self.start_s = float(config.engine_kwargs.get("start_s", 0.0))
         self.dead = False
         self.running = 0
+        self.cache: list[list[str]] = []  # the pieces of the latest prompts
 
     async def start(self) -> None:
         await asyncio.sleep(self.start_s)
@@ -49,7 +62,10 @@ class FakeEngine(Engine):
             raise EngineDeadError("fake engine is dead")
         self.check_served(request.model)
         prompt = next((m["content"] for m in reversed(request.messages) if m["role"] == "user"), "")
+        prompt_pieces = [p for m in request.messages for p in [f"<{m['role']}>", *_PIECE.findall(m["content"])]]
         input_tokens = sum(len(_PIECE.findall(m["content"])) for m in request.messages)
+        cached = min(input_tokens, max((common_prefix(prompt_pieces, seen) for seen in self.cache), default=0))
+        self.cache = [*self.cache[-(CACHED_PROMPTS - 1):], prompt_pieces]
         if input_tokens > self.config.max_model_len:
             raise BadRequestError(f"the prompt is {input_tokens} tokens; the context is {self.config.max_model_len}")
         if "[kill-engine]" in prompt:
@@ -73,7 +89,8 @@ class FakeEngine(Engine):
                 if fail and i > int(fail.group(1)):
                     raise EngineError("fake engine failed mid-stream")
                 last = i == len(pieces)
-                yield EngineOutput(text=piece, num_tokens=1, input_tokens=input_tokens, finished=last,
+                yield EngineOutput(text=piece, num_tokens=1, input_tokens=input_tokens, cached_tokens=cached,
+                                   finished=last,
                                    finish_reason=("stop" if len(pieces) < request.sampling.max_new_tokens else "length")
                                    if last else None)
         finally:

@@ -129,6 +129,9 @@ class EngineRequest(BaseModel):
 
 class GenerationMetadata(BaseModel):
     input_tokens: int
+    cached_input_tokens: Optional[int] = Field(
+        None, description="Of the input tokens, those found in the engine's prefix cache (an earlier request's "
+                          "prompt), whose prefill was skipped; null where the engine does not say.")
     output_tokens: int
     inference_time_seconds: float = Field(description="Request arrival at the ingress to the last token.")
     tokens_per_second: float
@@ -243,10 +246,15 @@ class ChatCompletionRequest(BaseModel):
             stop=[self.stop] if isinstance(self.stop, str) else list(self.stop or []))
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(description="Prompt tokens found in the engine's prefix cache.")
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: Optional[PromptTokensDetails] = None
 
 
 class AssistantMessage(BaseModel):

@@ -25,7 +25,7 @@ from rrr_ray.serving.engine import BadRequestError
 from rrr_ray.serving.metrics import ServingMetrics
 from rrr_ray.serving.protocol import (
     ChatCompletionChunk, ChunkChoice, ChunkDelta, GenerateStreamEnd, GenerateStreamToken, GenerationMetadata,
-    OpenAIError, OpenAIErrorDetail, Usage)
+    OpenAIError, OpenAIErrorDetail, PromptTokensDetails, Usage)
 from rrr_ray.serving.streams import FinalRecord, OutputChunk
 
 logger = logging.getLogger(__name__)
@@ -175,8 +175,9 @@ def openai_error(message: str, kind: str = "invalid_request_error", code: Option
 
 
 def usage(record: FinalRecord) -> Usage:
+    cached = None if record.cached_tokens is None else PromptTokensDetails(cached_tokens=record.cached_tokens)
     return Usage(prompt_tokens=record.input_tokens, completion_tokens=record.output_tokens,
-                 total_tokens=record.input_tokens + record.output_tokens)
+                 total_tokens=record.input_tokens + record.output_tokens, prompt_tokens_details=cached)
 
 
 _DONE = "data: [DONE]\n\n"
@@ -211,7 +212,7 @@ def _token_line(section: Optional[str]) -> tuple[str, str]:
 
 def _metadata(model: str, record: FinalRecord, total: float, ttft: Optional[float]) -> GenerationMetadata:
     return GenerationMetadata(
-        input_tokens=record.input_tokens, output_tokens=record.output_tokens,
+        input_tokens=record.input_tokens, cached_input_tokens=record.cached_tokens, output_tokens=record.output_tokens,
         inference_time_seconds=round(total, 4),
         tokens_per_second=round(record.output_tokens / total, 2) if total > 0 else 0.0,
         time_to_first_token_seconds=_round(ttft), engine_time_to_first_token_seconds=_round(record.engine_ttft_s),

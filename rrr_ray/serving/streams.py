@@ -37,6 +37,7 @@ class ModelChunk:
     num_tokens: int = 0
     tokens_per_text: list[int] = field(default_factory=list)  # the tokens of each text, when known
     input_tokens: int = 0
+    cached_tokens: Optional[int] = None  # of the input, found in the engine's prefix cache
     finished: bool = False
     finish_reason: Optional[str] = None
     engine_ttft_s: Optional[float] = None  # on the first chunk
@@ -56,6 +57,7 @@ class FinalRecord:
     finish_reason: Optional[str] = None
     engine_ttft_s: Optional[float] = None
     engine_time_s: Optional[float] = None
+    cached_tokens: Optional[int] = None  # of the input, found in the engine's prefix cache
     repaired_text: Optional[str] = None  # with repair only
     repair: Optional[RepairReport] = None  # with repair only
     heal: Optional[HealReport] = None  # a healed reply only
@@ -85,7 +87,8 @@ async def model_stream(engine: Engine, request: EngineRequest,
                 yield ModelChunk(
                     text=[o.text for o in outputs], num_tokens=sum(o.num_tokens for o in outputs),
                     tokens_per_text=[o.num_tokens for o in outputs],
-                    input_tokens=last.input_tokens, finished=last.finished, finish_reason=last.finish_reason,
+                    input_tokens=last.input_tokens, cached_tokens=last.cached_tokens, finished=last.finished,
+                    finish_reason=last.finish_reason,
                     engine_ttft_s=now - start if first else None,
                     engine_time_s=now - start if last.finished else None)
                 first = False
@@ -204,6 +207,7 @@ class _Reply:
         self.labeler = SectionLabeler()
         self.parts: list[str] = []  # the text sent
         self.input_tokens = 0
+        self.cached_tokens: Optional[int] = None
         self.output_tokens = 0  # the tokens whose text was sent, whole or in part
         self.engine_ttft: Optional[float] = None
         self.began = False  # tokens were sent
@@ -221,6 +225,8 @@ class _Reply:
                 self.continuation_ttft = chunk.engine_ttft_s
             return
         self.input_tokens = chunk.input_tokens or self.input_tokens
+        if chunk.cached_tokens is not None:
+            self.cached_tokens = chunk.cached_tokens
         if chunk.engine_ttft_s is not None:
             self.engine_ttft = chunk.engine_ttft_s
 
@@ -284,7 +290,8 @@ class _Reply:
                 engine_ttft = None if self.continuation_ttft is None else self.own_time_s + self.continuation_ttft
         final = FinalRecord(text=self.text(), validation=self.labeler.close(), input_tokens=self.input_tokens,
                             output_tokens=self.output_tokens, finish_reason=chunk.finish_reason,
-                            engine_ttft_s=engine_ttft, engine_time_s=engine_time, heal=self.heal)
+                            engine_ttft_s=engine_ttft, engine_time_s=engine_time, cached_tokens=self.cached_tokens,
+                            heal=self.heal)
         if with_repair:
             final.repaired_text, final.repair = repair(final.text)
         return final
