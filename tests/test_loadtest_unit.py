@@ -425,3 +425,21 @@ def test_compare_measures_steady_state_levels_and_keeps_the_seed_server_short():
     assert [requests_for(c, None) for c in (1, 4, 16)] == [96, 160, 640]
     assert requests_for(16, 32) == 32
     assert [seed_requests_for(c, None) for c in (1, 16)] == [96, 96] and seed_requests_for(16, 32) == 32
+
+
+def test_cpu_share_names_the_process_that_burns_cpu_and_refuses_a_bad_window(tmp_path):
+    from loadtest.cpu_share import cpu_share
+
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 5\nwhile time.time() < end: pass"])
+    try:
+        report = cpu_share(1.0)
+    finally:
+        busy.kill()
+        busy.wait()
+    row = next(r for r in report["processes"] if r["pid"] == busy.pid)
+    assert row["percent_of_one_core"] > 30 and "while time.time()" in row["command"]
+    assert row["nice"] is not None and row["cpus"]
+    assert report["total_percent_of_one_core"] >= row["percent_of_one_core"]
+    bad = subprocess.run([sys.executable, "-m", "loadtest.cpu_share", "--seconds", "0"], cwd=REPO,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--seconds must be positive" in bad.stderr
