@@ -121,6 +121,14 @@ def test_past_the_model_queue_requests_get_503_with_retry_after(serve_url):
         assert health_status(url) == 200
 
 
+def _name_or_none(process: psutil.Process) -> str | None:
+    """The process's name, or None when it has already exited (Ray starts short-lived helpers)."""
+    try:
+        return process.name()
+    except psutil.NoSuchProcess:
+        return None
+
+
 def _ours() -> list[psutil.Process]:
     """This test process and everything it started: the local Ray cluster, Serve, HAProxy, engines."""
     me = psutil.Process()
@@ -153,7 +161,7 @@ def test_beyond_loopback_only_rays_own_servers_listen_and_they_want_the_token(se
     outside = _non_loopback_listeners()
     assert all(_is_ray(p) for p, _, _ in outside), [(p.name(), " ".join(p.cmdline())[:100], port)
                                                     for p, _, port in outside if not _is_ray(p)]
-    haproxy = [p for p in _ours() if p.name() == "haproxy"]
+    haproxy = [p for p in _ours() if _name_or_none(p) == "haproxy"]
     assert haproxy, "HAProxy is not running (RAY_SERVE_ENABLE_HA_PROXY)"
     listening = {c.laddr.port: c.laddr.ip for c in psutil.net_connections(kind="tcp")
                  if c.status == psutil.CONN_LISTEN and c.pid in {p.pid for p in haproxy}}
@@ -222,7 +230,8 @@ def test_serve_run_stopped_leaves_no_process_and_no_port_behind(tmp_path, sig):
                 return False
         assert wait_until(answers, timeout=180, interval=1), "serve run did not come up"
         started = serve.children(recursive=True)
-        assert any(p.name() == "haproxy" for p in started) and any(p.name() == "gcs_server" for p in started)
+        names = {_name_or_none(p) for p in started}
+        assert {"haproxy", "gcs_server"} <= names, names
         serve.send_signal(sig)
         serve.wait(timeout=90)
     finally:

@@ -133,7 +133,7 @@ def test_json_result_and_error():
     assert GenerateResponse.model_validate(body).metadata.input_tokens == 3
     chat = post(service, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}).json()
     assert ChatCompletion.model_validate(chat).choices[0].message.content == TEXT
-    assert chat["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    assert chat["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7, "prompt_tokens_details": None}
     assert len(metrics.records) == 2
 
     service, metrics, _ = scripted(failing())
