@@ -42,7 +42,7 @@ def build_app(args: dict[str, Any]) -> Application:
     ingress_options = config.ingress.serve_options("RRRIngress")
     resources = ingress_options["ray_actor_options"]
     for model in config.models:
-        engine = model.model_dump(exclude={"deployment", "placement", "heal"})
+        engine = model.model_dump(exclude={"deployment", "placement", "heal", "guided_section_limits"})
         engine["path"] = resolve_path(model.path)
         engine["lora_modules"] = {k: resolve_path(v) for k, v in model.lora_modules.items()}
         if model.placement == "ingress":
@@ -53,8 +53,10 @@ def build_app(args: dict[str, Any]) -> Application:
             bound = RRRModel.options(**model.deployment.serve_options(f"RRRModel:{model.name}")).bind(
                 engine=engine, streaming=streaming)
             handles.update((name, bound) for name in model.served_names())
-        cards.append({"name": model.name, "root": model.path, "description": model.description, "heal": model.heal})
-        cards += [{"name": n, "root": p, "parent": model.name, "description": f"LoRA adapter on {model.name}"}
+        cards.append({"name": model.name, "root": model.path, "description": model.description, "heal": model.heal,
+                      "guided_section_limits": model.guided_section_limits})
+        cards += [{"name": n, "root": p, "parent": model.name, "description": f"LoRA adapter on {model.name}",
+                   "guided_section_limits": model.guided_section_limits}
                   for n, p in model.lora_modules.items()]  # RRR fine-tunes: healed by default
     ingress = RRRIngress.options(**ingress_options)
     limits = config.limits.model_dump()

@@ -443,3 +443,16 @@ def test_cpu_share_names_the_process_that_burns_cpu_and_refuses_a_bad_window(tmp
     bad = subprocess.run([sys.executable, "-m", "loadtest.cpu_share", "--seconds", "0"], cwd=REPO,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--seconds must be positive" in bad.stderr
+
+
+def test_bench_grammar_walks_a_reply_under_both_regexes_and_refuses_a_folder_without_a_tokenizer(tmp_path):
+    from loadtest.bench_grammar import main
+
+    assert main(["--model", str(REPO / "models" / "rrr-tiny"), "--repeats", "1", "--output", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "bench_grammar.json").read_text())
+    assert set(report["results"]) == {"capped", "uncapped"} and report["reply_tokens"] > 50
+    for row in report["results"].values():
+        assert row["compile_ms"] > 0 and row["fill_mean_us"] > 0 and row["accept_mean_us"] > 0
+    bad = subprocess.run([sys.executable, "-m", "loadtest.bench_grammar", "--model", str(tmp_path), "--output",
+                          str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and "no tokenizer here" in bad.stderr

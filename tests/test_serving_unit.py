@@ -293,6 +293,23 @@ def test_sampling_options_travel_to_the_engine():
     assert request.guided_regex is not None
 
 
+def test_guided_section_limits_choose_the_bounded_or_the_unbounded_grammar_per_model():
+    """A model served with ``guided_section_limits: false`` is guided by the regex without length caps
+    (far cheaper for xgrammar per token); the others keep the capped one; the option reaches the
+    service from serve_config's model entry."""
+    from rrr_ray import guided_regex
+    from rrr_ray.serving.config import ModelArgs
+
+    assert ModelArgs(name="m", path="p").guided_section_limits is True
+    assert ModelArgs(name="m", path="p", guided_section_limits=False).guided_section_limits is False
+    service = RRRService(None, None, [ServedModel("capped", "-"), ServedModel("free", "-", guided_section_limits=False)])
+    messages, sampling = [{"role": "user", "content": "hi"}], SamplingOptions()
+    assert service.engine_request("capped", messages, sampling, guided=True).guided_regex == guided_regex(bounded=True)
+    assert service.engine_request("free", messages, sampling, guided=True).guided_regex == guided_regex(bounded=False)
+    assert service.engine_request("free", messages, sampling, guided=False).guided_regex is None
+    assert "{" not in guided_regex(bounded=False) and "\\\n" not in guided_regex()  # no raw newline escape
+
+
 def test_load_aware_window_widens_with_concurrent_streams():
     from rrr_ray.serving.batching import LoadAwareWindow
 

@@ -19,6 +19,12 @@ FIRST_CHAR = r"[^<\s]"
 """The first character of section content: not a space, so the section is never empty once stripped."""
 
 
+def escape(literal: str) -> str:
+    """``re.escape`` with a newline written ``\\n``: xgrammar reads a backslash before a raw newline
+    as an unknown escape and warns at every compile."""
+    return re.escape(literal).replace("\\\n", "\\n")
+
+
 def repeat(atom: str, low: int, high: Optional[int]) -> str:
     """``atom`` repeated ``low`` to ``high`` times (``high`` None: no upper bound)."""
     if high is not None:
@@ -48,4 +54,4 @@ def guided_regex(bounded: bool = True) -> str:
     parts = [
         re.escape(s.open_tag) + _content_pattern(s, bounded) + re.escape(s.close_tag) for s in SECTIONS
     ]
-    return re.escape(SEPARATOR).join(parts)
+    return escape(SEPARATOR).join(parts)

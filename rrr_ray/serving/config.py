@@ -76,6 +76,11 @@ class ModelArgs(EngineConfig):
     heal: bool = Field(True, description="The default of the request option 'heal' for this model: a reply that "
                        "breaks the RRR format goes on from its valid part, guided (self-healing). False for a base "
                        "served to show its raw format compliance; its LoRA adapters (RRR fine-tunes) are healed.")
+    guided_section_limits: bool = Field(True, description="Guided decoding ('guided': true) caps each section's "
+                                        "length (SectionSpec.max_guided_chars), so a guided reply closes within a "
+                                        "bounded number of characters. False: sections of any length, closed when the "
+                                        "model closes them; the grammar then costs far less per token (README, "
+                                        "'Guided decoding').")
 
 
 class AppArgs(StreamingOptions):

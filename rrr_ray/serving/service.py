@@ -41,6 +41,7 @@ class ServedModel:
     description: str = ""
     parent: Optional[str] = None  # the base model, for a LoRA adapter
     heal: bool = True  # the default of the request option ``heal`` (RRR models: on)
+    guided_section_limits: bool = True  # a guided reply's sections are capped in length (``guided_regex``)
 
 
 class RRRService:
@@ -58,7 +59,7 @@ class RRRService:
             raise ValueError(f"default model {self.default_model!r} is not among {list(self.models)}")
         self.metrics = metrics
         self.limits = limits or HttpLimits()
-        self._regex = guided_regex()
+        self._regex = {m.name: guided_regex(bounded=m.guided_section_limits) for m in models}
         self.created = int(time.time())
 
     # -- shared ---------------------------------------------------------------------------------
@@ -78,7 +79,7 @@ class RRRService:
             heal = self.models[name].heal and not sampling.ignore_eos
         return EngineRequest(request_id=f"rrr-{uuid.uuid4().hex}", model=name,
                              messages=messages, sampling=sampling,
-                             guided_regex=self._regex if guided else None,
+                             guided_regex=self._regex[name] if guided else None,
                              heal=heal and not guided)  # a guided reply is valid already
 
     async def reply(self, request: EngineRequest, with_repair: bool, start: float) -> ReplyEvents:
