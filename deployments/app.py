@@ -7,7 +7,8 @@ Each stage is one class and can run in a deployment of its own or inside the ing
 - each model: its own deployment (``RRRModel:<name>``, scaled apart; LoRA adapters are served by
   their base model's deployment), or ``placement: ingress`` (the engine runs in every ingress
   replica, whose resources then include the model's: no Ray hop between HTTP and the engine).
-The CPU config puts both in the ingress; the GPU config gives each a deployment of its own.
+serve_config.yaml and the GPU config give each a deployment of its own; serve_config.single.yaml
+puts both in the ingress.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from ray.serve import Application
 from deployments.ingress import RRRIngress
 from deployments.model import RRRModel
 from deployments.postprocessor import RRRPostProcessor
-from rrr_ray.serving.config import AppArgs
+from rrr_ray.serving.config import AppArgs, ModelArgs
+from rrr_ray.serving.engine import EngineConfig
 
 REPO = Path(__file__).resolve().parent.parent  # the checkout these deployments run from
 
@@ -33,6 +35,15 @@ def resolve_path(path: str) -> str:
     return str(REPO / p)
 
 
+def model_cards(model: ModelArgs) -> list[dict[str, Any]]:
+    """The ``ServedModel`` fields of a model and of each LoRA adapter on it (which share its
+    guided-decoding caps; RRR fine-tunes, they are healed by default)."""
+    guided = {"guided_section_limits": model.guided_section_limits}
+    return [{"name": model.name, "root": model.path, "description": model.description, "heal": model.heal, **guided},
+            *({"name": n, "root": p, "parent": model.name, "description": f"LoRA adapter on {model.name}", **guided}
+              for n, p in model.lora_modules.items())]
+
+
 def build_app(args: dict[str, Any]) -> Application:
     config = AppArgs.model_validate(args)
     streaming = config.streaming().model_dump()
@@ -42,7 +53,7 @@ def build_app(args: dict[str, Any]) -> Application:
     ingress_options = config.ingress.serve_options("RRRIngress")
     resources = ingress_options["ray_actor_options"]
     for model in config.models:
-        engine = model.model_dump(exclude={"deployment", "placement", "heal", "guided_section_limits"})
+        engine = model.model_dump(include=set(EngineConfig.model_fields))
         engine["path"] = resolve_path(model.path)
         engine["lora_modules"] = {k: resolve_path(v) for k, v in model.lora_modules.items()}
         if model.placement == "ingress":
@@ -53,11 +64,7 @@ def build_app(args: dict[str, Any]) -> Application:
             bound = RRRModel.options(**model.deployment.serve_options(f"RRRModel:{model.name}")).bind(
                 engine=engine, streaming=streaming)
             handles.update((name, bound) for name in model.served_names())
-        cards.append({"name": model.name, "root": model.path, "description": model.description, "heal": model.heal,
-                      "guided_section_limits": model.guided_section_limits})
-        cards += [{"name": n, "root": p, "parent": model.name, "description": f"LoRA adapter on {model.name}",
-                   "guided_section_limits": model.guided_section_limits}
-                  for n, p in model.lora_modules.items()]  # RRR fine-tunes: healed by default
+        cards += model_cards(model)
     ingress = RRRIngress.options(**ingress_options)
     limits = config.limits.model_dump()
     if config.postprocessor.placement == "ingress":

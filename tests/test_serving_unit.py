@@ -294,18 +294,21 @@ def test_sampling_options_travel_to_the_engine():
 
 
 def test_guided_section_limits_choose_the_bounded_or_the_unbounded_grammar_per_model():
-    """A model served with ``guided_section_limits: false`` is guided by the regex without length caps
-    (far cheaper for xgrammar per token); the others keep the capped one; the option reaches the
-    service from serve_config's model entry."""
+    """A model served with ``guided_section_limits: false`` (and each LoRA adapter on it) is guided by
+    the regex without length caps (far cheaper for xgrammar per token); the others keep the capped
+    one. The option goes from serve_config's model entry through the graph's model cards."""
+    from deployments.app import model_cards
     from rrr_ray import guided_regex
     from rrr_ray.serving.config import ModelArgs
 
-    assert ModelArgs(name="m", path="p").guided_section_limits is True
-    assert ModelArgs(name="m", path="p", guided_section_limits=False).guided_section_limits is False
-    service = RRRService(None, None, [ServedModel("capped", "-"), ServedModel("free", "-", guided_section_limits=False)])
+    capped = model_cards(ModelArgs(name="capped", path="p"))
+    free = model_cards(ModelArgs(name="free", path="p", guided_section_limits=False, lora_modules={"free-lora": "a"}))
+    assert [c["guided_section_limits"] for c in capped + free] == [True, False, False]
+    service = RRRService(None, None, [ServedModel(**c) for c in capped + free])
     messages, sampling = [{"role": "user", "content": "hi"}], SamplingOptions()
     assert service.engine_request("capped", messages, sampling, guided=True).guided_regex == guided_regex(bounded=True)
     assert service.engine_request("free", messages, sampling, guided=True).guided_regex == guided_regex(bounded=False)
+    assert service.engine_request("free-lora", messages, sampling, guided=True).guided_regex == guided_regex(bounded=False)
     assert service.engine_request("free", messages, sampling, guided=False).guided_regex is None
     assert "{" not in guided_regex(bounded=False) and "\\\n" not in guided_regex()  # no raw newline escape
 
