@@ -33,23 +33,29 @@ def hop_failure(exc: Exception, deployment: str) -> str:
 
 
 async def cancelling(response: Any, deployment: str, failed: Callable[[str, Optional[int]], T]) -> AsyncIterator[T]:
-    """Iterate a streaming handle call; closing the iterator cancels the call down the graph.
+    """Iterate a streaming handle call; closing the iterator before the finished chunk cancels the
+    call down the graph (a call whose finished chunk arrived is left to end by itself: cancelling
+    it would cost a gRPC round for nothing).
 
     A replica that is at capacity, or that dies mid-stream, ends the stream with ``failed``'s chunk
     (an error, with a 503 status while nothing was sent yet), so the client always gets a terminal
     line instead of a cut connection.
     """
     began = False
+    ended = False
     try:
         async for item in response:
             began = True
+            ended = item.finished
             yield item
+        ended = True
     except Exception as exc:  # a Ray error: the chunks themselves carry the stages' own errors
         message = hop_failure(exc, deployment)
         logger.warning("stream from %s ended: %s", deployment, message)
         yield failed(message, None if began else 503)  # before the reply began: a 503 with Retry-After
     finally:
-        response.cancel()
+        if not ended:  # closed early (the client left) or failed
+            response.cancel()
 
 
 def _model_failure(message: str, status: Optional[int]) -> ModelChunk:

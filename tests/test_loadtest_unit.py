@@ -456,3 +456,44 @@ def test_bench_grammar_walks_a_reply_under_both_regexes_and_refuses_a_folder_wit
     bad = subprocess.run([sys.executable, "-m", "loadtest.bench_grammar", "--model", str(tmp_path), "--output",
                           str(tmp_path)], cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and "no tokenizer here" in bad.stderr
+
+
+# -- graph variants and the hop benchmark -----------------------------------------------------------
+
+def test_a_variant_is_a_name_and_a_json_object_of_args_and_env():
+    from loadtest.bench_variants import merged, parse_variant
+
+    assert parse_variant('b50={"args": {"max_hop_messages_per_s": 50}}') == \
+        ("b50", {"args": {"max_hop_messages_per_s": 50}})
+    assert parse_variant("base={}") == ("base", {})
+    for bad in ("no-equals", "two words={}", "x={not json", 'x=[1]', 'x={"engine": {}}', 'x={"args": 3}'):
+        with pytest.raises(ValueError, match="--variant"):
+            parse_variant(bad)
+    app = {"postprocessor": {"placement": "deployment", "num_cpus": 0.1}, "stream_interval_ms": 20}
+    assert merged(app, {"postprocessor": {"access_log": False}, "stream_interval_ms": 5}) == \
+        {"postprocessor": {"placement": "deployment", "num_cpus": 0.1, "access_log": False}, "stream_interval_ms": 5}
+    assert app["postprocessor"] == {"placement": "deployment", "num_cpus": 0.1}  # the config's own is untouched
+
+
+def test_every_variant_is_an_application_of_one_serve_config():
+    from argparse import Namespace
+
+    from loadtest.bench_variants import serve_config
+
+    args = Namespace(model="models/rrr-tiny", config=None, placement="deployment")
+    config = serve_config({"a": {}, "b": {"args": {"max_hop_messages_per_s": 50}, "env": {"X": 1}}}, args, 8123)
+    a, b = config["applications"]
+    assert (a["name"], a["route_prefix"], b["route_prefix"]) == ("a", "/a", "/b")
+    assert config["http_options"] == {"host": "127.0.0.1", "port": 8123}
+    assert a["args"]["postprocessor"]["placement"] == "deployment" == a["args"]["models"][0]["placement"]
+    assert (a["args"]["max_hop_messages_per_s"], b["args"]["max_hop_messages_per_s"]) == (100, 50)
+    assert b["runtime_env"]["env_vars"]["X"] == "1" and "X" not in a["runtime_env"]["env_vars"]
+    assert a["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"]  # the config's own environment
+
+
+def test_the_hop_benchmark_fits_a_cost_per_call_and_per_message():
+    from loadtest.bench_hop import fit
+
+    levels = [{"items": n, "ms": 0.9 + 0.05 * n} for n in (1, 2, 5, 20)]
+    assert fit(levels, "ms") == {"ms_per_call": 0.9, "ms_per_message": 0.05}
+    assert fit(levels[:1], "ms") == {"ms_per_call": 0.95, "ms_per_message": 0.0}

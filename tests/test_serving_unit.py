@@ -485,6 +485,25 @@ def test_a_model_replica_that_dies_mid_stream_ends_the_stream_with_an_error_line
     assert lines[-1]["finished"] is True and "RRRModel:fake failed (ActorDiedError" in lines[-1]["error"]
 
 
+def test_a_hop_is_cancelled_only_when_closed_before_its_finished_chunk():
+    from deployments.postprocessor import cancelling
+    from rrr_ray.serving.streams import ModelChunk
+
+    def failed(message, status):
+        return ModelChunk(finished=True, error=message, status=status)
+
+    async def read(response: _Response, n: int) -> int:
+        stream = cancelling(response, "RRRModel:fake", failed)
+        got = [await anext(stream) for _ in range(n)]
+        await stream.aclose()  # as the post-processing does once it has the finished chunk
+        return len(got)
+
+    whole = _Response([ModelChunk(text=["a"]), ModelChunk(text=["b"], finished=True)])
+    assert run(read(whole, 2)) == 2 and not whole.cancelled  # it ends by itself
+    left = _Response([ModelChunk(text=["a"]), ModelChunk(text=["b"], finished=True)])
+    assert run(read(left, 1)) == 1 and left.cancelled  # the client left mid-reply
+
+
 def test_health_names_a_model_deployment_that_does_not_answer(monkeypatch):
     import deployments.postprocessor as pp
 

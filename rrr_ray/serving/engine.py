@@ -232,7 +232,7 @@ class VLLMEngine(Engine):
         return list(ids)
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
-        from vllm.inputs import TokensPrompt
+        from vllm.inputs import tokens_input
         from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
         self.check_served(request.model)
@@ -253,7 +253,8 @@ class VLLMEngine(Engine):
         # request is sent once more, and an engine "error" is never passed on as a reply.
         for attempt in range(2 if request.guided_regex else 1):
             request_id = request.request_id if attempt == 0 else f"{request.request_id}-retry"
-            stream = self._engine.generate(TokensPrompt(prompt_token_ids=ids), params, request_id,
+            # Rendered input: vLLM takes it as it is, with no hop through its tokenizer thread pool.
+            stream = self._engine.generate(tokens_input(ids), params, request_id,
                                            lora_request=self._lora.get(request.model))
             emitted = 0
             try:
