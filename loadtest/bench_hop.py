@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from loadtest.cpu_share import cpu_seconds
 from rrr_ray.env import apply_cpu_node_env
 
 DEPLOYMENT_OPTIONS = {"ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 256}
@@ -76,13 +77,6 @@ def deployments():
             return await self.callee.pid.remote()
 
     return Caller, Callee
-
-
-def cpu_seconds(pid: int) -> float:
-    import psutil
-
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
 
 
 def fit(levels: list[dict[str, Any]], key: str) -> dict[str, float]:

@@ -33,11 +33,12 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import httpx
+import psutil
 import yaml
 
-from loadtest.compare import graph_args, graph_env
-from loadtest.metrics import summarize
+from loadtest.client import wait_healthy
+from loadtest.compare import graph_args, graph_env, measure_http_level
+from loadtest.cpu_share import cpu_seconds
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ("RRRIngress", "RRRPostProcessor", "RRRModel")
@@ -80,54 +81,34 @@ def serve_config(variants: dict[str, dict[str, Any]], args, port: int) -> dict[s
             "applications": applications}
 
 
-def replica_processes(variant: str) -> dict[str, Any]:
-    import psutil
-
+def replica_pids(variant: str) -> dict[str, int]:
     found = {}
     for p in psutil.process_iter(["name", "cmdline"]):
         title = f"{p.info['name'] or ''} {' '.join(p.info['cmdline'] or [])}"
         for stage in STAGES:
             if f"ServeReplica:{variant}:{stage}" in title:
-                found[stage] = p
+                found[stage] = p.pid
     return found
 
 
-def cpu_seconds(process: Any) -> float:
-    import psutil
-
-    try:
-        times = process.cpu_times()
-    except psutil.Error:
-        return 0.0
-    return times.user + times.system
-
-
-async def level(url: str, args, prompts: list[str]) -> dict[str, Any]:
-    from loadtest.client import closed_loop, generate_payload, http_client, stream_generate
-
-    c = args.concurrency
-    async with http_client(c) as client:
-        async def make(i: int):
-            return await stream_generate(client, f"{url}/generate", generate_payload(
-                prompts[i % len(prompts)], args.max_tokens, ignore_eos=True), users=c)
-
-        await closed_loop(make, c, c)
-        records, wall = await closed_loop(make, c, args.requests)
-    return summarize(records, wall)
+def cpu_now(pids: dict[str, int]) -> dict[str, float]:
+    """Each replica's CPU seconds so far (0 for one that is gone)."""
+    return {stage: cpu_seconds(pid) or 0.0 for stage, pid in pids.items()}
 
 
 def measure(variants: list[str], base_url: str, args) -> list[dict[str, Any]]:
     from loadtest.client import load_prompts
 
     prompts = load_prompts(args.prompts)
-    processes = {v: replica_processes(v) for v in variants}
+    pids = {v: replica_pids(v) for v in variants}
+    c = args.concurrency
     rows = []
     for r in range(args.rounds):
         for v in (variants if r % 2 == 0 else variants[::-1]):
-            before = {k: cpu_seconds(p) for k, p in processes[v].items()}
-            s = asyncio.run(level(f"{base_url}/{v}", args, prompts))
+            before = cpu_now(pids[v])
+            s = asyncio.run(measure_http_level(f"{base_url}/{v}", v, args, c, args.requests, c, prompts, True))
             done = max(s["completed"], 1)
-            cpu = {k: round(1000 * (cpu_seconds(p) - before[k]) / done, 3) for k, p in processes[v].items()}
+            cpu = {k: round(1000 * (t - before[k]) / done, 3) for k, t in cpu_now(pids[v]).items()}
             row = {"variant": v, "round": r, "output_tok_s": round(s["output_throughput"], 1),
                    "ttft_ms_p50": round(s["ttft_ms"]["p50"], 1), "failed": args.requests - s["completed"],
                    "cpu_ms_per_request": cpu, "replicas_cpu_ms_per_request": round(sum(cpu.values()), 3)}
@@ -147,24 +128,15 @@ def medians(rows: list[dict[str, Any]], variants: list[str]) -> dict[str, dict[s
     return out
 
 
-def wait_healthy(base_url: str, variants: list[str], proc: subprocess.Popen, timeout_s: float) -> None:
+async def all_healthy(base_url: str, variants: list[str], proc: subprocess.Popen, timeout_s: float) -> None:
+    """Every variant's ``/health`` answering 200 within ``timeout_s`` in all."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"serve run exited with {proc.returncode}")
-        try:
-            if all(httpx.get(f"{base_url}/{v}/health", timeout=5).status_code == 200 for v in variants):
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    raise TimeoutError(f"the variants were not healthy within {timeout_s:.0f} s")
+    for v in variants:
+        await wait_healthy(f"{base_url}/{v}", max(deadline - time.monotonic(), 1.0), proc)
 
 
 def stop(proc: subprocess.Popen, tree: list[Any]) -> None:
     """``serve run`` stopped as by Ctrl-C, then anything of its process tree that outlives it."""
-    import psutil
-
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGINT)
         try:
@@ -215,8 +187,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     config_path = out / "variants.serve.yaml"
     config_path.write_text(yaml.safe_dump(serve_config(variants, args, port), sort_keys=False))
     names, base_url = list(variants), f"http://127.0.0.1:{port}"
-    import psutil
-
     # A Ray of its own ("local"): `serve run` would otherwise deploy into a running cluster's Serve
     # and replace its applications.
     log = open(out / "serve.log", "w")
@@ -224,7 +194,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                             cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     tree: list[Any] = []
     try:
-        wait_healthy(base_url, names, proc, args.timeout)
+        asyncio.run(all_healthy(base_url, names, proc, args.timeout))
         tree = psutil.Process(proc.pid).children(recursive=True)
         print(f"[variants] {', '.join(names)} up at {base_url}", flush=True)
         rows = measure(names, base_url, args)

@@ -486,14 +486,11 @@ def test_a_model_replica_that_dies_mid_stream_ends_the_stream_with_an_error_line
 
 
 def test_a_hop_is_cancelled_only_when_closed_before_its_finished_chunk():
-    from deployments.postprocessor import cancelling
+    from deployments.postprocessor import _model_failure, cancelling
     from rrr_ray.serving.streams import ModelChunk
 
-    def failed(message, status):
-        return ModelChunk(finished=True, error=message, status=status)
-
     async def read(response: _Response, n: int) -> int:
-        stream = cancelling(response, "RRRModel:fake", failed)
+        stream = cancelling(response, "RRRModel:fake", _model_failure)
         got = [await anext(stream) for _ in range(n)]
         await stream.aclose()  # as the post-processing does once it has the finished chunk
         return len(got)
