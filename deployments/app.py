@@ -13,7 +13,6 @@ puts both in the ingress.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ray.serve import Application
@@ -21,41 +20,41 @@ from ray.serve import Application
 from deployments.ingress import RRRIngress
 from deployments.model import RRRModel
 from deployments.postprocessor import RRRPostProcessor
-from rrr_ray.serving.config import AppArgs, ModelArgs
-from rrr_ray.serving.engine import EngineConfig
-
-REPO = Path(__file__).resolve().parent.parent  # the checkout these deployments run from
-
-
-def resolve_path(path: str) -> str:
-    """Relative model paths are relative to the repository, wherever the replica runs."""
-    p = Path(path)
-    if p.is_absolute() or not (REPO / p).exists():
-        return path  # absolute, or a hub id such as mistralai/Mistral-7B-Instruct-v0.3
-    return str(REPO / p)
+from rrr_ray.paths import resolve
+from rrr_ray.serving.config import AppArgs, EngineConfig, ModelArgs
+from rrr_ray.serving.service import ServedModel
 
 
-def model_cards(model: ModelArgs) -> list[dict[str, Any]]:
-    """The ``ServedModel`` fields of a model and of each LoRA adapter on it (which share its
-    guided-decoding caps; RRR fine-tunes, they are healed by default)."""
-    guided = {"guided_section_limits": model.guided_section_limits}
-    return [{"name": model.name, "root": model.path, "description": model.description, "heal": model.heal, **guided},
-            *({"name": n, "root": p, "parent": model.name, "description": f"LoRA adapter on {model.name}", **guided}
-              for n, p in model.lora_modules.items())]
+def engine_config(model: ModelArgs) -> EngineConfig:
+    """A model's engine settings, its relative paths resolved against the repository (wherever
+    the replica runs)."""
+    fields = model.model_dump(include=set(EngineConfig.model_fields))
+    fields.update(path=resolve(model.path), lora_modules={k: resolve(v) for k, v in model.lora_modules.items()})
+    return EngineConfig.model_validate(fields)
+
+
+def served_model_entries(model: ModelArgs) -> list[ServedModel]:
+    """The names clients may ask for of a model: the model, and each LoRA adapter on it (which
+    share its guided-decoding caps; RRR fine-tunes, they are healed by default)."""
+    guided = model.guided_section_limits
+    return [ServedModel(name=model.name, root=model.path, description=model.description, heal=model.heal,
+                        guided_section_limits=guided),
+            *(ServedModel(name=n, root=p, parent=model.name, description=f"LoRA adapter on {model.name}",
+                          guided_section_limits=guided) for n, p in model.lora_modules.items())]
 
 
 def build_app(args: dict[str, Any]) -> Application:
+    """The graph of ``args`` (the application's ``args:`` in a Serve config), validated once here;
+    each deployment gets its typed part through ``.bind()`` and its resources through ``.options()``."""
     config = AppArgs.model_validate(args)
-    streaming = config.streaming().model_dump()
+    streaming = config.streaming()
     handles: dict[str, Any] = {}
-    engines: list[dict[str, Any]] = []  # run inside the ingress
-    cards: list[dict[str, Any]] = []
+    engines: list[EngineConfig] = []  # run inside the ingress
+    served: list[ServedModel] = []
     ingress_options = config.ingress.serve_options("RRRIngress")
     resources = ingress_options["ray_actor_options"]
     for model in config.models:
-        engine = model.model_dump(include=set(EngineConfig.model_fields))
-        engine["path"] = resolve_path(model.path)
-        engine["lora_modules"] = {k: resolve_path(v) for k, v in model.lora_modules.items()}
+        engine = engine_config(model)
         if model.placement == "ingress":
             engines.append(engine)
             resources["num_cpus"] = round(resources["num_cpus"] + model.deployment.num_cpus, 4)
@@ -64,10 +63,10 @@ def build_app(args: dict[str, Any]) -> Application:
             bound = RRRModel.options(**model.deployment.serve_options(f"RRRModel:{model.name}")).bind(
                 engine=engine, streaming=streaming)
             handles.update((name, bound) for name in model.served_names())
-        cards += model_cards(model)
+        served += served_model_entries(model)
     ingress = RRRIngress.options(**ingress_options)
-    limits = config.limits.model_dump()
+    common = dict(served=served, default_model=config.default_model, streaming=streaming, limits=config.limits)
     if config.postprocessor.placement == "ingress":
-        return ingress.bind(cards, config.default_model, streaming, models=handles, engines=engines, limits=limits)
+        return ingress.bind(**common, models=handles, engines=engines)
     postprocessor = RRRPostProcessor.options(**config.postprocessor.serve_options("RRRPostProcessor")).bind(handles)
-    return ingress.bind(cards, config.default_model, streaming, postprocessor=postprocessor, limits=limits)
+    return ingress.bind(**common, postprocessor=postprocessor)

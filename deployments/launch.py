@@ -7,16 +7,15 @@ import logging
 import os
 import socket
 import time
-from pathlib import Path
 from typing import Any, Optional
 
 import httpx
 
 from rrr_ray.env import apply_cpu_node_env
+from rrr_ray.paths import REPO
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "serve_config.yaml"
 """What ``make serve`` runs: the default model (SmolLM2-135M-Instruct + RRR LoRA) and its base."""
 TINY_CONFIG = REPO / "serve_config.tiny.yaml"

@@ -11,9 +11,8 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
+from rrr_ray.serving.messages import EngineRequest, ModelChunk, OutputChunk, StageHealth
 from rrr_ray.serving.postprocessing import PostProcessing
-from rrr_ray.serving.protocol import EngineRequest
-from rrr_ray.serving.streams import ModelChunk, OutputChunk
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +86,7 @@ class RemoteModel:
     def stream(self, request: EngineRequest) -> AsyncIterator[ModelChunk]:
         return cancelling(self.streaming.stream.remote(request), self.name, _model_failure)
 
-    async def health(self) -> dict[str, Any]:
+    async def health(self) -> StageHealth:
         return await remote_health(self.handle.health.remote(), self.name, MODEL_HEALTH_TIMEOUT_S)
 
 
@@ -106,11 +105,11 @@ class RemotePostProcessing:
     def stream(self, request: EngineRequest, with_repair: bool = False) -> AsyncIterator[OutputChunk]:
         return cancelling(self.streaming.stream.remote(request, with_repair), self.name, _output_failure)
 
-    async def health(self) -> dict[str, dict[str, Any]]:
+    async def health(self) -> dict[str, StageHealth]:
         return await remote_health(self.handle.health.remote(), self.name, POSTPROCESSOR_HEALTH_TIMEOUT_S)
 
 
-@serve.deployment(name="RRRPostProcessor", ray_actor_options={"num_cpus": 0.1})
+@serve.deployment(name="RRRPostProcessor")
 class RRRPostProcessor(PostProcessing):
     """``PostProcessing`` in replicas of its own, over the model deployments' handles."""
 

@@ -55,7 +55,7 @@ def deployments():
             self.streaming = callee.options(stream=True)
 
         async def run(self, items: int, calls: int, concurrency: int) -> float:
-            from rrr_ray.serving.protocol import EngineRequest, SamplingOptions
+            from rrr_ray.serving.messages import EngineRequest, SamplingOptions
 
             numbers = iter(range(calls))
 

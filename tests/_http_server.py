@@ -14,7 +14,8 @@ from typing import Any, Iterator, Optional
 
 import uvicorn
 
-from rrr_ray.serving.config import StreamingOptions
+from rrr_ray.serving.config import EngineConfig, StreamingOptions
+from rrr_ray.serving.fake_engine import FAKE_ENGINE
 from rrr_ray.serving.limits import HttpLimits
 from rrr_ray.serving.model_server import ModelServer
 from rrr_ray.serving.postprocessing import PostProcessing
@@ -29,8 +30,8 @@ def fake_service(limits: Optional[HttpLimits] = None) -> RRRService:
     """The ingress's in-process path over two fake engines: ``fake`` (the default, a context that
     holds any request within ``limits``) and ``fake-small`` (a context of ``SMALL_CONTEXT`` tokens)."""
     streaming = StreamingOptions(stream_interval_ms=5, max_hop_messages_per_s=0)
-    servers = [ModelServer({"name": name, "path": "-", "engine_class": "rrr_ray.serving.fake_engine:FakeEngine",
-                            "max_model_len": context, "engine_kwargs": {"token_interval_s": 0}}, streaming)
+    servers = [ModelServer(EngineConfig(name=name, path="-", engine_class=FAKE_ENGINE, max_model_len=context,
+                                        engine_kwargs={"token_interval_s": 0}), streaming)
                for name, context in (("fake", 1_000_000), ("fake-small", SMALL_CONTEXT))]
     postprocessing = PostProcessing({s.config.name: s for s in servers})
     return RRRService(postprocessing.stream, postprocessing.health,

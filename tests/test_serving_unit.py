@@ -12,12 +12,12 @@ import pytest
 from rrr_ray import validate
 from rrr_ray.serving.api import create_app
 from rrr_ray.serving.batching import batched
-from rrr_ray.serving.config import StreamingOptions
-from rrr_ray.serving.engine import EngineConfig
-from rrr_ray.serving.fake_engine import VALID_REPLY, FakeEngine
+from rrr_ray.serving.config import EngineConfig, StreamingOptions
+from rrr_ray.serving.fake_engine import FAKE_ENGINE, VALID_REPLY, FakeEngine
+from rrr_ray.serving.messages import EngineRequest, StageHealth
 from rrr_ray.serving.model_server import ModelServer
 from rrr_ray.serving.postprocessing import PostProcessing
-from rrr_ray.serving.protocol import EngineRequest, SamplingOptions
+from rrr_ray.serving.protocol import SamplingOptions
 from rrr_ray.serving.service import RRRService, ServedModel
 from rrr_ray.serving.streams import SectionLabeler, model_stream, postprocess
 
@@ -25,8 +25,8 @@ from rrr_ray.serving.streams import SectionLabeler, model_stream, postprocess
 def make_service(interval: float = 0.0, max_model_len: int = 512) -> tuple[RRRService, FakeEngine]:
     """The ingress's in-process path without Ray: ``PostProcessing`` over a ``ModelServer``
     (as with ``placement: ingress``), on the fake engine."""
-    server = ModelServer({"name": "fake", "path": "-", "engine_class": "rrr_ray.serving.fake_engine:FakeEngine",
-                          "max_model_len": max_model_len, "engine_kwargs": {"token_interval_s": interval}},
+    server = ModelServer(EngineConfig(name="fake", path="-", engine_class=FAKE_ENGINE, max_model_len=max_model_len,
+                                      engine_kwargs={"token_interval_s": interval}),
                          StreamingOptions(stream_interval_ms=10, max_hop_messages_per_s=0))
     postprocessing = PostProcessing({"fake": server})
     return RRRService(postprocessing.stream, postprocessing.health, [ServedModel("fake", "-")]), server.engine
@@ -278,7 +278,7 @@ def test_sampling_options_travel_to_the_engine():
         return postprocess(model_stream(engine, request, 0.0), with_repair)
 
     async def health():
-        return {"fake": {"error": None, "unfinished_requests": 0}}
+        return {"fake": StageHealth(error=None, unfinished_requests=0)}
 
     service = RRRService(stream, health, [ServedModel("fake", "-")])
 
@@ -296,15 +296,16 @@ def test_sampling_options_travel_to_the_engine():
 def test_guided_section_limits_choose_the_bounded_or_the_unbounded_grammar_per_model():
     """A model served with ``guided_section_limits: false`` (and each LoRA adapter on it) is guided by
     the regex without length caps (far cheaper for xgrammar per token); the others keep the capped
-    one. The option goes from serve_config's model entry through the graph's model cards."""
-    from deployments.app import model_cards
+    one. The option goes from serve_config's model entry through the graph's served-model entries."""
+    from deployments.app import served_model_entries
     from rrr_ray import guided_regex
     from rrr_ray.serving.config import ModelArgs
 
-    capped = model_cards(ModelArgs(name="capped", path="p"))
-    free = model_cards(ModelArgs(name="free", path="p", guided_section_limits=False, lora_modules={"free-lora": "a"}))
-    assert [c["guided_section_limits"] for c in capped + free] == [True, False, False]
-    service = RRRService(None, None, [ServedModel(**c) for c in capped + free])
+    capped = served_model_entries(ModelArgs(name="capped", path="p"))
+    free = served_model_entries(ModelArgs(name="free", path="p", guided_section_limits=False,
+                                          lora_modules={"free-lora": "a"}))
+    assert [c.guided_section_limits for c in capped + free] == [True, False, False]
+    service = RRRService(None, None, capped + free)
     messages, sampling = [{"role": "user", "content": "hi"}], SamplingOptions()
     assert service.engine_request("capped", messages, sampling, guided=True).guided_regex == guided_regex(bounded=True)
     assert service.engine_request("free", messages, sampling, guided=True).guided_regex == guided_regex(bounded=False)
@@ -357,8 +358,9 @@ def test_closing_the_in_process_stream_aborts_the_request_in_the_engine():
 # -- a dead engine inside a shared replica --------------------------------------------------------
 
 def fake_server(name: str, start_s: float = 0.0) -> ModelServer:
-    return ModelServer({"name": name, "path": "-", "engine_class": "rrr_ray.serving.fake_engine:FakeEngine",
-                        "engine_kwargs": {"token_interval_s": 0.0, "start_s": start_s}}, StreamingOptions(max_hop_messages_per_s=0))
+    return ModelServer(EngineConfig(name=name, path="-", engine_class=FAKE_ENGINE,
+                                    engine_kwargs={"token_interval_s": 0.0, "start_s": start_s}),
+                       StreamingOptions(max_hop_messages_per_s=0))
 
 
 def test_a_dead_engine_is_restarted_in_place_while_the_other_models_keep_answering():
@@ -389,7 +391,7 @@ def test_a_dead_engine_is_restarted_in_place_while_the_other_models_keep_answeri
 
 
 def test_recover_gives_up_after_the_restarts_fail_so_serve_replaces_the_replica(monkeypatch):
-    from rrr_ray.serving.engine import EngineDeadError
+    from rrr_ray.serving.errors import EngineDeadError
 
     async def failing_start(self):
         raise RuntimeError("no memory for a new engine")
@@ -449,7 +451,7 @@ class _Handle:
 
 def _remote_service(response: _Response) -> RRRService:
     from deployments.postprocessor import RemoteModel
-    from rrr_ray.serving.streams import ModelChunk
+    from rrr_ray.serving.messages import ModelChunk
 
     response.items = [ModelChunk(text=[t], num_tokens=1) for t in response.items]
     postprocessing = PostProcessing({"fake": RemoteModel(_Handle(response))})
@@ -487,7 +489,7 @@ def test_a_model_replica_that_dies_mid_stream_ends_the_stream_with_an_error_line
 
 def test_a_hop_is_cancelled_only_when_closed_before_its_finished_chunk():
     from deployments.postprocessor import _model_failure, cancelling
-    from rrr_ray.serving.streams import ModelChunk
+    from rrr_ray.serving.messages import ModelChunk
 
     async def read(response: _Response, n: int) -> int:
         stream = cancelling(response, "RRRModel:fake", _model_failure)

@@ -14,11 +14,11 @@ import pytest
 
 from rrr_ray import validate
 from rrr_ray.serving.api import create_app
-from rrr_ray.serving.config import StreamingOptions
-from rrr_ray.serving.fake_engine import INVALID_REPLY, VALID_REPLY
+from rrr_ray.serving.config import EngineConfig, StreamingOptions
+from rrr_ray.serving.fake_engine import FAKE_ENGINE, INVALID_REPLY, VALID_REPLY
+from rrr_ray.serving.messages import EngineRequest
 from rrr_ray.serving.model_server import ModelServer
 from rrr_ray.serving.postprocessing import PostProcessing
-from rrr_ray.serving.protocol import EngineRequest
 from rrr_ray.serving.service import RRRService, ServedModel
 from tests._http_server import BackgroundServer
 from tests.browser import browser_page
@@ -66,9 +66,9 @@ def send(page, message: str, *, model: str, guided: bool = False, heal: str = ""
 def fake_service(seen: list[EngineRequest]) -> RRRService:
     """The in-process graph (as with ``placement: ingress``) on the fake engine: a base model and a
     fine-tuned adapter on it; ``seen`` collects every request that reaches the models."""
-    server = ModelServer({"name": "fake-base", "path": "-", "engine_class": "rrr_ray.serving.fake_engine:FakeEngine",
-                          "lora_modules": {"fake-rrr": "-"}, "max_model_len": 4096,
-                          "engine_kwargs": {"token_interval_s": TOKEN_INTERVAL_S}},
+    server = ModelServer(EngineConfig(name="fake-base", path="-", engine_class=FAKE_ENGINE,
+                                      lora_modules={"fake-rrr": "-"}, max_model_len=4096,
+                                      engine_kwargs={"token_interval_s": TOKEN_INTERVAL_S}),
                          StreamingOptions(max_hop_messages_per_s=0))
     postprocessing = PostProcessing({name: server for name in server.config.served_names()})
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rrr_ray.serving.engine import BadRequestError
+from rrr_ray.serving.errors import BadRequestError
 from rrr_ray.serving.guard import API_KEY_ENV, OPEN_PATHS, ApiKeys, RequestGuard, error_response
 from rrr_ray.serving.limits import HttpLimits
 from rrr_ray.serving.protocol import (
@@ -32,7 +32,6 @@ from rrr_ray.serving.service import RRRService
 
 logger = logging.getLogger(__name__)
 
-_installed: RRRService | None = None
 _DEFAULT_LIMITS = HttpLimits()
 
 _STATUS = {
@@ -58,23 +57,16 @@ def watch_page() -> str:
     return resources.files("rrr_ray.serving").joinpath("static", "index.html").read_text(encoding="utf-8")
 
 
-def install_service(service: RRRService) -> None:
-    """Serve the given service from every app of this process (Ray Serve copies the app object
-    when it builds the ingress replica, so state set on the module's app would not be seen)."""
-    global _installed
-    _installed = service
-
-
 def _service(request: Request) -> RRRService:
-    service = getattr(request.app.state, "service", None) or _installed
+    service = request.app.state.service
     if service is None:
-        raise RuntimeError("no RRRService installed")
+        raise RuntimeError("this app serves no RRRService")
     return service
 
 
 def _limits(app: Any) -> HttpLimits:
-    """The limits of the service an app serves (the defaults before one is installed)."""
-    service = getattr(getattr(app, "state", None), "service", None) or _installed
+    """The limits of the service an app serves (the defaults for an app without one: its schema)."""
+    service = getattr(getattr(app, "state", None), "service", None)
     return service.limits if service is not None else _DEFAULT_LIMITS
 
 
@@ -156,7 +148,7 @@ def _add_edge_errors(schema: dict[str, Any], api_keys: bool) -> None:
 class _App(FastAPI):
     """FastAPI, with the streamed bodies, the limits and the guard's errors in ``openapi()`` too
     (FastAPI documents the JSON bodies). A subclass rather than a patched ``app.openapi``: Ray
-    Serve pickles the app. The schema is rebuilt when the installed service's limits change."""
+    Serve pickles the app. The schema is rebuilt when the service's limits change."""
 
     def openapi(self) -> dict[str, Any]:
         documented = (_limits(self), bool(self.state.api_keys))
@@ -172,8 +164,9 @@ class _App(FastAPI):
 
 
 def create_app(service: RRRService | None = None, api_keys: ApiKeys | None = None) -> FastAPI:
-    """The HTTP app over ``service`` (or the installed one). ``api_keys``: default, those of
-    ``RRR_API_KEY`` in this process's environment; none leaves every route open."""
+    """The HTTP app over ``service``, kept on ``app.state`` (without one, the app only documents
+    the API: its schema). ``api_keys``: default, those of ``RRR_API_KEY`` in this process's
+    environment; none leaves every route open."""
     app = _App(title="rrr-ray", description="React-Respond-Reflect serving on Ray Serve + vLLM", version="0.1.0")
     app.state.service = service
     app.state.api_keys = ApiKeys.from_env() if api_keys is None else api_keys

@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 from typing import AsyncIterator, Callable, TypeVar, Union
 
+from rrr_ray.serving.aio import close_quietly
+
 T = TypeVar("T")
 
 
@@ -25,7 +27,7 @@ class LoadAwareWindow:
     under heavy load (bounded message rate, more tokens per message).
     """
 
-    def __init__(self, min_s: float = 0.02, max_messages_per_s: float = 200.0) -> None:
+    def __init__(self, min_s: float, max_messages_per_s: float) -> None:
         self.min_s = min_s
         self.max_messages_per_s = max_messages_per_s
         self.active = 0
@@ -36,10 +38,11 @@ class LoadAwareWindow:
         return max(self.min_s, self.active / self.max_messages_per_s)
 
 
-async def batched(source: AsyncIterator[T], interval_s: Union[float, Callable[[], float]] = 0.02) -> AsyncIterator[list[T]]:
+async def batched(source: AsyncIterator[T], interval_s: Union[float, Callable[[], float]]) -> AsyncIterator[list[T]]:
     """Yield lists of items from ``source``; closing this generator closes ``source`` too.
 
-    ``interval_s`` is the batch window in seconds, or a function returning it (read per batch).
+    ``interval_s`` is the batch window in seconds, or a function returning it (read per batch);
+    the graph's comes from ``config.StreamingOptions``.
     """
     window = interval_s if callable(interval_s) else (lambda: interval_s)
     items: list[T] = []
@@ -87,7 +90,4 @@ async def batched(source: AsyncIterator[T], interval_s: Union[float, Callable[[]
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        aclose = getattr(source, "aclose", None)
-        if aclose is not None:
-            with contextlib.suppress(Exception):
-                await aclose()
+        await close_quietly(source)

@@ -1,7 +1,8 @@
 """The serving graph's configuration: the ``args:`` of the application in serve_config.yaml.
 
-Pydantic models with every field described, validated when the graph is built
-(``deployments.app.build_app``), and the readers of a Serve config file.
+Pydantic models with every field described, validated once when the graph is built
+(``deployments.app.build_app``) and bound, typed, to the deployments; the defaults of the
+graph's streaming and resources live here only; and the readers of a Serve config file.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import yaml
 from pydantic import BaseModel, Field, model_validator
 
 from rrr_ray.serving.batching import LoadAwareWindow
-from rrr_ray.serving.engine import EngineConfig
 from rrr_ray.serving.limits import HttpLimits
+from rrr_ray.serving.vllm_compat.cpu_binding import pinned_executor_args
 
 
 class StreamingOptions(BaseModel):
-    """How tokens are batched across a Ray hop (``rrr_ray.serving.batching``)."""
+    """How tokens are batched across a Ray hop (``rrr_ray.serving.batching``): the graph's defaults."""
 
     stream_interval_ms: float = Field(20.0, ge=0, description="Shortest batch window for tokens crossing a "
                                       "Ray hop (the first token of a reply is always sent at once).")
@@ -65,6 +66,51 @@ class PostProcessorOptions(DeploymentOptions):
         "inside each ingress replica, which saves one Ray hop per request (the other options are then unused).")
 
 
+class EngineConfig(BaseModel):
+    """One served model: where its weights are and how the engine runs it."""
+
+    name: str = Field(description="Name clients use in 'model' (listed by /v1/models).")
+    path: str = Field(description="Local HF model folder (or a hub id where a hub is reachable).")
+    engine_class: str = Field("rrr_ray.serving.vllm_engine:VLLMEngine", description="Import path of the engine class.")
+    dtype: str = Field("auto", description="Weights dtype: auto, float32, bfloat16, float16.")
+    max_model_len: int = Field(1024, ge=16, description="Context length (prompt + reply) in tokens.")
+    max_num_seqs: int = Field(32, ge=1, description="Most sequences batched per engine step.")
+    lora_modules: dict[str, str] = Field(default_factory=dict, description="LoRA adapter name -> path; served as models.")
+    max_lora_rank: int = Field(16, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU only.")
+    enforce_eager: bool = Field(False, description="Disable CUDA graphs / compilation.")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra vLLM AsyncEngineArgs.")
+    engine_niceness: Optional[int] = Field(
+        None, ge=-20, le=19,
+        description="CPU nodes: the niceness of the engine's own processes (engine core, workers), every "
+                    "thread. Ray starts replicas at niceness 15; 0 lets the engine's step loop take a CPU "
+                    "before the Serve replicas beside it. Below the replica's own value needs CAP_SYS_NICE "
+                    "(a warning otherwise). None leaves them as started.")
+    engine_cpus: Optional[list[int]] = Field(
+        None, min_length=1,
+        description="CPU nodes: run the model inside vLLM's engine-core process, every thread bound to "
+                    "these CPUs (rrr_ray.serving.vllm_compat.pinned_executor), instead of vLLM's default of a separate "
+                    "worker process that hands each step back and forth with the engine core. The other "
+                    "CPUs are left to HTTP, post-processing and clients. None keeps vLLM's executor (GPU).")
+    description: str = Field("", description="Shown in /v1/models.")
+
+    def served_names(self) -> list[str]:
+        return [self.name, *self.lora_modules]
+
+    def vllm_engine_args(self) -> dict[str, Any]:
+        """The ``AsyncEngineArgs`` of this model (JSON values only), ``engine_kwargs`` last."""
+        kwargs: dict[str, Any] = dict(
+            model=self.path, served_model_name=self.name, dtype=self.dtype, max_model_len=self.max_model_len,
+            max_num_seqs=self.max_num_seqs, enforce_eager=self.enforce_eager, disable_log_stats=True,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+        )
+        if self.lora_modules:
+            kwargs.update(enable_lora=True, max_lora_rank=self.max_lora_rank, max_loras=len(self.lora_modules))
+        kwargs.update(pinned_executor_args(self.engine_cpus))  # vllm_compat: CPU nodes
+        kwargs.update(self.engine_kwargs)
+        return kwargs
+
+
 class ModelArgs(EngineConfig):
     """A served model: engine settings plus how its deployment is placed and scaled."""
 
@@ -79,8 +125,8 @@ class ModelArgs(EngineConfig):
     guided_section_limits: bool = Field(True, description="Guided decoding ('guided': true) caps each section's "
                                         "length (SectionSpec.max_guided_chars), so a guided reply closes within a "
                                         "bounded number of characters. False: sections of any length, closed when the "
-                                        "model closes them; the grammar then costs far less per token (README, "
-                                        "'Guided decoding').")
+                                        "model closes them; the grammar then costs far less per token "
+                                        "(docs/serving.md#guided-decoding).")
 
 
 class AppArgs(StreamingOptions):

@@ -20,9 +20,13 @@ from typing import AsyncIterator, Optional
 
 from rrr_ray.format import SECTIONS, prefix_state, validate
 from rrr_ray.format.spec import SECTION_BY_NAME, SECTION_INDEX, SEPARATOR
-from rrr_ray.serving.engine import BadRequestError, Engine, EngineConfig, EngineDeadError, EngineError, EngineOutput
-from rrr_ray.serving.protocol import EngineRequest
+from rrr_ray.serving.config import EngineConfig
+from rrr_ray.serving.engine import Engine, EngineOutput
+from rrr_ray.serving.errors import BadRequestError, EngineDeadError, EngineError
+from rrr_ray.serving.messages import EngineRequest
 
+FAKE_ENGINE = "rrr_ray.serving.fake_engine:FakeEngine"
+"""This engine's import path, for ``EngineConfig.engine_class``."""
 VALID_REPLY = ("<react>*leans in with a warm, attentive smile*</react>\n"
                "<respond>That sounds like a lot to carry. What feels heaviest right now?</respond>\n"
                "<reflect>They seem overwhelmed; an open question gives them room to name it.</reflect>")

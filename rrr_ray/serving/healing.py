@@ -3,7 +3,7 @@
 When a reply is healed (``EngineRequest.heal``) the post-processing (``streams.postprocess``) watches
 every token: once the text stops being a valid prefix (``rrr_ray.format.prefix_violation``), or the
 model ends a reply that is not complete, nothing past the longest valid prefix is sent, the engine's
-stream is closed, and ``continuation_request`` asks the same model to go on from that prefix: the same
+stream is closed, and ``Healing.continuation`` asks the same model to go on from that prefix: the same
 messages plus a final assistant message holding it, continued (``continue_final_message``), guided by
 the regex of its valid remainders (``rrr_ray.format.remainder_regex``), within the tokens left.
 """
@@ -11,12 +11,9 @@ the regex of its valid remainders (``rrr_ray.format.remainder_regex``), within t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, AsyncIterator, Callable
+from typing import AsyncIterator, Callable
 
-from rrr_ray.serving.protocol import EngineRequest
-
-if TYPE_CHECKING:
-    from rrr_ray.serving.streams import ModelChunk
+from rrr_ray.serving.messages import EngineRequest, ModelChunk
 
 HEAL_SUFFIX = "-heal"
 """Appended to a request's id for its continuation."""
@@ -27,7 +24,7 @@ class Healing:
     """How to heal one reply: its request, and the model stage that continues it."""
 
     request: EngineRequest
-    stream: Callable[[EngineRequest], AsyncIterator["ModelChunk"]]
+    stream: Callable[[EngineRequest], AsyncIterator[ModelChunk]]
 
     def continuation(self, prefix: str, regex: str, tokens_left: int) -> EngineRequest:
         """The request that continues the reply from ``prefix``, guided by ``regex``."""

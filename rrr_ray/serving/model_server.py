@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, AsyncIterator, Optional
+from typing import AsyncIterator, Optional
 
-from rrr_ray.serving.config import StreamingOptions
-from rrr_ray.serving.engine import EngineConfig, EngineDeadError, EngineError, load_engine_class
-from rrr_ray.serving.protocol import EngineRequest
-from rrr_ray.serving.streams import ModelChunk, model_stream
+from rrr_ray.serving.config import EngineConfig, StreamingOptions
+from rrr_ray.serving.engine import Engine, load_engine_class
+from rrr_ray.serving.errors import EngineDeadError, EngineError
+from rrr_ray.serving.messages import EngineRequest, ModelChunk, StageHealth
+from rrr_ray.serving.streams import model_stream
 
 logger = logging.getLogger(__name__)
 
@@ -26,15 +27,15 @@ class ModelServer:
 
     max_failed_restarts = 3  # restarts in place that may fail in a row before ``recover`` gives up
 
-    def __init__(self, engine: dict[str, Any], streaming: Optional[StreamingOptions] = None) -> None:
-        self.config = EngineConfig(**engine)
+    def __init__(self, engine: EngineConfig, streaming: Optional[StreamingOptions] = None) -> None:
+        self.config = engine
         self.window = (streaming or StreamingOptions()).window()
         self.engine = self._new_engine()
         self.restarting: Optional[asyncio.Task] = None
         self.dead_reason: Optional[str] = None
         self.failed_restarts = 0
 
-    def _new_engine(self):
+    def _new_engine(self) -> Engine:
         return load_engine_class(self.config.engine_class)(self.config)
 
     async def start(self) -> None:
@@ -58,16 +59,16 @@ class ModelServer:
         """Raises when the engine is dead (Serve then restarts the replica that holds it)."""
         await self.engine.check_health()
 
-    async def health(self) -> dict[str, Any]:
+    async def health(self) -> StageHealth:
         """For the /health route: why the engine is unhealthy (None if it is not), and its load."""
         if self.restarting is not None:
-            return {"error": f"restarting after the engine died: {self.dead_reason}", "unfinished_requests": 0}
+            return StageHealth(error=f"restarting after the engine died: {self.dead_reason}", unfinished_requests=0)
         try:
             await self.engine.check_health()
             error = None
         except Exception as exc:
             error = str(exc)
-        return {"error": error, "unfinished_requests": self.engine.num_unfinished_requests()}
+        return StageHealth(error=error, unfinished_requests=self.engine.num_unfinished_requests())
 
     async def recover(self) -> None:
         """For an engine that shares its replica with others (``placement: ingress``): when it is

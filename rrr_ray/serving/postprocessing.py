@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, AsyncIterator, Protocol
+from typing import AsyncIterator, Protocol
 
-from rrr_ray.serving.engine import ModelNotServedError
+from rrr_ray.serving.errors import ModelNotServedError
 from rrr_ray.serving.healing import Healing
-from rrr_ray.serving.protocol import EngineRequest
-from rrr_ray.serving.streams import ModelChunk, OutputChunk, postprocess
+from rrr_ray.serving.messages import EngineRequest, ModelChunk, OutputChunk, StageHealth
+from rrr_ray.serving.streams import postprocess
 
 
 class Model(Protocol):
@@ -25,7 +25,7 @@ class Model(Protocol):
 
     def stream(self, request: EngineRequest) -> AsyncIterator[ModelChunk]: ...
 
-    async def health(self) -> dict[str, Any]: ...
+    async def health(self) -> StageHealth: ...
 
 
 class PostProcessing:
@@ -43,9 +43,9 @@ class PostProcessing:
             async for chunk in outputs:
                 yield chunk
 
-    async def health(self) -> dict[str, dict[str, Any]]:
+    async def health(self) -> dict[str, StageHealth]:
         """Health and load of every served name (LoRA adapters report their base model)."""
         names = list(self.models)
         results = await asyncio.gather(*(self.models[n].health() for n in names), return_exceptions=True)
-        return {n: ({"error": f"{type(r).__name__}: {r}", "unfinished_requests": None}
-                    if isinstance(r, BaseException) else r) for n, r in zip(names, results)}
+        return {n: (StageHealth(error=f"{type(r).__name__}: {r}") if isinstance(r, BaseException) else r)
+                for n, r in zip(names, results)}

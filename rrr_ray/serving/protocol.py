@@ -1,6 +1,7 @@
 """Request and response models of the HTTP API, shared by the ingress, the client and the tests.
 
-The sampling fields are defined once, as annotated types, and used by both request models. A
+HTTP bodies only: the sampling fields are defined once in ``sampling``, the messages between the
+stages in ``messages`` (a healed reply's ``HealReport`` is also a field of the bodies). A
 response field marked ``exclude_if=_absent`` is left out of the body when it is ``None`` (the
 body omits it rather than sending ``null``).
 """
@@ -9,21 +10,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rrr_ray.format import ErrorCode, RepairReport, Validation
-
-STRICT = ConfigDict(strict=True)
-"""Request models take JSON types as they are: ``"1"`` is not a number, ``0`` is not a boolean."""
-
-
-def _integral(value: object) -> object:
-    """JSON has one kind of number: ``3.0`` is the integer 3, as JSON Schema says (``3.5`` stays a 422)."""
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
-INTEGRAL = BeforeValidator(_integral)
-"""Put after an integer field's constraints (so that the schema states them as minimum/maximum)."""
+from rrr_ray.format import RepairReport, Validation
+from rrr_ray.serving.messages import HealReport
+from rrr_ray.serving.sampling import (
+    DEFAULT_MAX_NEW_TOKENS, DEFAULT_REPETITION_PENALTY, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P, INTEGRAL,
+    STRICT, MaxNewTokens, RepetitionPenalty, SamplingOptions, Seed, StopString, Temperature, TopK, TopP)
 
 
 def _absent(value: object) -> bool:
@@ -37,47 +30,12 @@ class ChatMessage(BaseModel):
     content: str
 
 
-# -- sampling fields, shared by /generate and /v1/chat/completions -------------------------------
+# -- request bodies -------------------------------------------------------------------------------
 
-MaxNewTokens = Annotated[int, Field(ge=1, description="At most the server's limits.max_new_tokens (see the schema)."),
-                         INTEGRAL]
-Temperature = Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False, description="0 is greedy.")]
-TopP = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False,
-                              description="Nucleus sampling: the probability mass kept.")]
-TopK = Annotated[int, Field(ge=-1, description="-1 or 0 disables top-k."), INTEGRAL]
-RepetitionPenalty = Annotated[float, Field(gt=0.0, le=2.0, allow_inf_nan=False,
-                                           description="Above 1 discourages repeating tokens.")]
-SAFE_INTEGER = 2**53 - 1
-"""The largest integer every JSON parser reads exactly (RFC 7493, I-JSON)."""
-Seed = Annotated[Optional[Annotated[int, Field(ge=-SAFE_INTEGER, le=SAFE_INTEGER), INTEGRAL]],
-                 Field(description="Sampling seed, for reproducible replies.")]
-StopString = Annotated[str, Field(min_length=1)]
 Heal = Annotated[Optional[bool], Field(description=(
     "Self-healing: the model writes freely; if its reply breaks the RRR format, what broke it is never sent "
     "and the reply goes on from the valid part, guided by the regex of its valid remainders. Default (null): "
     "on, unless the served model is configured otherwise, 'guided' is set (valid already) or 'ignore_eos' is."))]
-
-DEFAULT_MAX_NEW_TOKENS = 256
-DEFAULT_TEMPERATURE = 0.7
-DEFAULT_TOP_P = 0.9
-DEFAULT_TOP_K = 40
-DEFAULT_REPETITION_PENALTY = 1.1
-
-
-class SamplingOptions(BaseModel):
-    """Sampling settings, validated at the edge (out-of-range values are a 422)."""
-
-    model_config = STRICT
-
-    max_new_tokens: MaxNewTokens = Field(DEFAULT_MAX_NEW_TOKENS, description="Most tokens to generate.")
-    temperature: Temperature = DEFAULT_TEMPERATURE
-    top_p: TopP = DEFAULT_TOP_P
-    top_k: TopK = DEFAULT_TOP_K
-    repetition_penalty: RepetitionPenalty = DEFAULT_REPETITION_PENALTY
-    seed: Seed = None
-    ignore_eos: bool = Field(False, description="Keep generating past end-of-sequence (benchmarks).")
-    stop: list[StopString] = Field(default_factory=list, description="Stop before any of these strings "
-                                   "(at most the server's limits.max_stop_strings).")
 
 
 class GenerateRequest(SamplingOptions):
@@ -112,19 +70,6 @@ class GenerateRequest(SamplingOptions):
         return history
 
 
-class EngineRequest(BaseModel):
-    """What the ingress asks of a model deployment (one request, already validated)."""
-
-    request_id: str
-    model: str
-    messages: list[dict[str, str]]
-    sampling: SamplingOptions
-    guided_regex: Optional[str] = None
-    heal: bool = Field(False, description="Heal the reply if it breaks the RRR format (see GenerateRequest.heal).")
-    continue_final_message: bool = Field(False, description="The last message is the start of the assistant's "
-                                         "reply: the engine continues it (no end of turn, no new turn).")
-
-
 # -- /generate responses --------------------------------------------------------------------------
 
 class GenerationMetadata(BaseModel):
@@ -140,15 +85,6 @@ class GenerationMetadata(BaseModel):
     engine_time_seconds: Optional[float] = Field(None, description="Time the engine spent on the request.")
     finish_reason: Optional[str] = None
     model: Optional[str] = None
-
-
-class HealReport(BaseModel):
-    """A healed reply: the model's own text up to ``position``, then its continuation under the regex
-    of the valid remainders of that text."""
-
-    position: int = Field(description="Character offset in the reply where the model's own text broke the format.")
-    reason: ErrorCode = Field(description="The violation that broke it.")
-    dropped_tokens: int = Field(description="Tokens generated past the break, never sent (not in output_tokens).")
 
 
 class GenerateResponse(BaseModel):

@@ -21,12 +21,13 @@ from typing import Any, AsyncGenerator, AsyncIterator, Optional, Union
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from rrr_ray.serving.engine import BadRequestError
+from rrr_ray.serving.aio import close_quietly
+from rrr_ray.serving.errors import BadRequestError
+from rrr_ray.serving.messages import FinalRecord, OutputChunk
 from rrr_ray.serving.metrics import ServingMetrics
 from rrr_ray.serving.protocol import (
     ChatCompletionChunk, ChunkChoice, ChunkDelta, GenerateStreamEnd, GenerateStreamToken, GenerationMetadata,
     OpenAIError, OpenAIErrorDetail, PromptTokensDetails, Usage)
-from rrr_ray.serving.streams import FinalRecord, OutputChunk
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ async def open_reply(stream: AsyncIterator[OutputChunk], model: str, start: floa
     if first is None:
         first = OutputChunk(finished=True, error="the stream ended before it began", status=500)
     if first.error is not None and first.status is not None:
-        await _close(stream)
+        await close_quietly(stream)
         raise BadRequestError(first.error, first.status)
     return _consume(_chunks(first, stream), model, start, metrics)
 
@@ -233,13 +234,4 @@ async def _chunks(first: OutputChunk, stream: AsyncIterator[OutputChunk]) -> Asy
                 if chunk.finished:
                     break
     finally:
-        await _close(stream)
-
-
-async def _close(stream: AsyncIterator[Any]) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        try:
-            await aclose()
-        except Exception:  # closing a finished or broken stream is best-effort
-            logger.debug("closing stream failed", exc_info=True)
+        await close_quietly(stream)

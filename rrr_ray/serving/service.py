@@ -12,24 +12,24 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Optional
+from typing import AsyncIterator, Awaitable, Callable, Optional
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from rrr_ray.format import guided_regex
-from rrr_ray.serving.engine import ModelNotServedError
+from rrr_ray.serving.errors import ModelNotServedError
 from rrr_ray.serving.limits import HttpLimits
+from rrr_ray.serving.messages import EngineRequest, OutputChunk, StageHealth
 from rrr_ray.serving.metrics import ServingMetrics
 from rrr_ray.serving.protocol import (
-    AssistantMessage, ChatCompletion, ChatCompletionChoice, ChatCompletionRequest, EngineRequest, GenerateFailure,
-    GenerateRequest, GenerateResponse, HealthResponse, ModelCard, ModelList, SamplingOptions)
+    AssistantMessage, ChatCompletion, ChatCompletionChoice, ChatCompletionRequest, GenerateFailure, GenerateRequest,
+    GenerateResponse, HealthResponse, ModelCard, ModelList, SamplingOptions)
 from rrr_ray.serving.replies import (
     Failed, ReplyEvents, ndjson, open_reply, openai_error, sse, terminal, typed_json, usage)
-from rrr_ray.serving.streams import OutputChunk
 
 StreamFn = Callable[[EngineRequest, bool], AsyncIterator[OutputChunk]]
-HealthFn = Callable[[], Awaitable[dict[str, dict[str, Any]]]]
-"""Returns, per served name, ``{"error": str | None, "unfinished_requests": int | None}``."""
+HealthFn = Callable[[], Awaitable[dict[str, StageHealth]]]
+"""Returns each served name's ``StageHealth``."""
 
 
 @dataclass(frozen=True)
@@ -130,10 +130,10 @@ class RRRService:
 
     async def health(self) -> JSONResponse:
         report = await self.health_check()
-        dead = {name: r["error"] for name, r in report.items() if r.get("error")}
+        dead = {name: r.error for name, r in report.items() if r.error}
         body = HealthResponse(
             status="ok" if not dead else "unhealthy", model_loaded=not dead,
-            models={name: not r.get("error") for name, r in report.items()},
-            unfinished_requests={name: r.get("unfinished_requests") for name, r in report.items()},
+            models={name: not r.error for name, r in report.items()},
+            unfinished_requests={name: r.unfinished_requests for name, r in report.items()},
             error="; ".join(f"{name}: {err}" for name, err in dead.items()) if dead else None)
         return typed_json(body, 503 if dead else 200)

