@@ -19,7 +19,8 @@ from rrr_ray.serving.model_server import ModelServer
 from rrr_ray.serving.postprocessing import PostProcessing
 from rrr_ray.serving.protocol import SamplingOptions
 from rrr_ray.serving.service import RRRService, ServedModel
-from rrr_ray.serving.streams import SectionLabeler, model_stream, postprocess
+from rrr_ray.serving.labeling import SectionLabeler
+from rrr_ray.serving.streams import model_stream, postprocess
 
 
 def make_service(interval: float = 0.0, max_model_len: int = 512) -> tuple[RRRService, FakeEngine]:
@@ -537,3 +538,32 @@ def test_a_taken_port_is_named_with_its_process_in_one_line(tmp_path):
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
     assert f"error: port {port} (serve_config.yaml http_options.port) is taken by pid {os.getpid()}" in proc.stderr
     assert port_holder(port) is None
+
+
+def test_the_serving_modules_import_one_way():
+    """No module of ``rrr_ray.serving`` imports, directly or through others, one that imports it
+    back (module-level and function-level imports alike), and none imports ``deployments``."""
+    import ast
+    from pathlib import Path
+
+    import rrr_ray.serving
+
+    root = Path(rrr_ray.serving.__file__).parent
+    modules = {".".join(("rrr_ray", "serving", *p.relative_to(root).with_suffix("").parts)).removesuffix(".__init__"): p
+               for p in root.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+            elif isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names}
+        assert not any(m.split(".")[0] == "deployments" for m in imported), name
+        graph[name] = {m for m in imported if m in modules and m != name}
+
+    def reaches(start: str, target: str, seen: set[str]) -> bool:
+        return any(m == target or (m not in seen and not seen.add(m) and reaches(m, target, seen))
+                   for m in graph[start])
+
+    assert [name for name in graph if reaches(name, name, set())] == []

@@ -6,7 +6,7 @@ them in Ray Serve deployments).
 - ``engine`` (the interface), ``vllm_engine`` (vLLM), ``fake_engine`` (tests);
   ``vllm_compat``: the workarounds for the vLLM version in use.
 - ``model_server`` and ``streams.model_stream``: the model stage; ``batching``: tokens per hop.
-- ``postprocessing`` and ``streams.postprocess``: the RRR post-processing; ``healing``.
+- ``postprocessing`` and ``streams.postprocess``: the RRR post-processing; ``labeling``, ``healing``.
 - ``service``, ``replies``, ``api``, ``guard``, ``limits``: the HTTP ingress; ``protocol`` and
   ``sampling``: its bodies.
 """

@@ -2,8 +2,8 @@
 
 ``model_stream``: engine deltas -> ``ModelChunk`` batches (the model stage's output).
 ``postprocess``: ``ModelChunk`` batches -> ``OutputChunk`` batches with every token labelled by
-its RRR section and, on the last, the ``FinalRecord`` (the post-processing stage's output);
-with ``Healing``, a reply that breaks the format is continued from its valid part
+its RRR section (``labeling``) and, on the last, the ``FinalRecord`` (the post-processing stage's
+output); with ``Healing``, a reply that breaks the format is continued from its valid part
 (``rrr_ray.serving.healing``), in one stream to the client.
 Errors travel as data (a chunk with ``error``), so every hop ends its stream cleanly.
 """
@@ -16,14 +16,13 @@ import time
 from typing import AsyncIterator, Callable, Optional, Union
 
 from rrr_ray.format import (
-    ErrorCode, StreamValidator, Validation, prefix_state, prefix_violation, remainder_regex, repair,
-    valid_prefix_length, validate)
-from rrr_ray.format.stream import StreamEvent
+    ErrorCode, prefix_state, prefix_violation, remainder_regex, repair, valid_prefix_length, validate)
 from rrr_ray.serving.aio import close_quietly
 from rrr_ray.serving.batching import batched
 from rrr_ray.serving.engine import Engine
 from rrr_ray.serving.errors import BadRequestError, EngineError
 from rrr_ray.serving.healing import Healing
+from rrr_ray.serving.labeling import SectionLabeler
 from rrr_ray.serving.messages import EngineRequest, FinalRecord, HealReport, ModelChunk, OutputChunk
 
 logger = logging.getLogger(__name__)
@@ -52,41 +51,6 @@ async def model_stream(engine: Engine, request: EngineRequest,
     except EngineError as exc:
         logger.warning("engine error on %s: %s", request.request_id, exc)
         yield ModelChunk(finished=True, error=str(exc))
-
-
-def _label(events: list[StreamEvent], current: Optional[str]) -> Optional[str]:
-    for e in events:
-        if e.kind in ("section_start", "section_end") or (e.kind == "text" and e.section and e.text.strip()):
-            return e.section
-    for e in events:
-        if e.kind == "text":
-            return e.section
-    return current
-
-
-class SectionLabeler:
-    """Feeds tokens to a ``StreamValidator`` and labels each with the section it belongs to.
-
-    No token is held back (that would delay the first token). A token that may start a tag
-    (``<``, ``</re``) is labelled as a valid reply would continue: inside a section, with that
-    section (its closing tag, or text); outside, with the section a valid reply opens next. So the
-    pieces of ``<react>`` are all labelled ``react`` in a valid reply.
-    """
-
-    def __init__(self) -> None:
-        self.validator = StreamValidator()
-
-    def push(self, token: str) -> list[tuple[str, Optional[str]]]:
-        if not token:  # e.g. the end-of-sequence token, skipped in detokenisation
-            return []
-        v = self.validator
-        events = v.feed(token)
-        if v.pending and not any(e.kind != "text" or e.text.strip() for e in events):
-            return [(token, v.section or v.next_section)]
-        return [(token, _label(events, v.section))]
-
-    def close(self) -> Validation:
-        return self.validator.close()
 
 
 async def postprocess(chunks: AsyncIterator[ModelChunk], with_repair: bool = False,
