@@ -267,7 +267,7 @@ def test_openai_routes_stream_sse_and_list_models():
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == VALID_REPLY
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop" and chunks[-1]["rrr_validation"]["valid"]
     assert full["choices"][0]["message"]["content"] == VALID_REPLY and full["usage"]["completion_tokens"] > 0
-    assert bad.status_code == 422 and "messages" in bad.json()["error"]["message"]
+    assert bad.status_code == 400 and "messages" in bad.json()["error"]["message"]
 
 
 def test_sampling_options_travel_to_the_engine():

@@ -10,6 +10,7 @@ service's ``HttpLimits`` and, when API keys are on, the bearer scheme and its 40
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from importlib import resources
 from typing import Any, Union
@@ -92,13 +93,22 @@ def _describe(errors: list) -> str:
         if tuple(e.get("loc", ())) == ("body",) and e.get("type") in _NOT_AN_OBJECT:
             return "the body must be a JSON object"
         loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
-        parts.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
+        msg = str(e.get("msg")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
     return "invalid request: " + "; ".join(parts)
 
 
-def _errors(model: Any, streamed: str = "") -> dict[Union[int, str], dict[str, Any]]:
-    """The ``responses`` of a POST route: its error bodies, and the media type it streams in."""
-    out: dict[Union[int, str], dict[str, Any]] = {s: {"model": model, "description": d} for s, d in _STATUS.items()}
+_OPENAI_400 = ("The body is not valid JSON or not UTF-8, is invalid or over the server's limits, asks for what "
+               "rrr-ray cannot do (tools, n > 1, ...), or the prompt does not fit the model's context (the message "
+               "says which field and why).")
+
+
+def _errors(model: Any, streamed: str = "", openai: bool = False) -> dict[Union[int, str], dict[str, Any]]:
+    """The ``responses`` of a POST route: its error bodies, and the media type it streams in. An
+    invalid body is a 422 outside ``/v1``, a 400 under it (as OpenAI's API answers)."""
+    status = {**_STATUS, 400: _OPENAI_400} if openai else _STATUS
+    out: dict[Union[int, str], dict[str, Any]] = {s: {"model": model, "description": d} for s, d in status.items()
+                                                  if not (openai and s == 422)}
     if streamed:
         out[200] = {"description": f"JSON, or {streamed} with stream: true.", "content": {streamed: {}}}
     return out
@@ -116,6 +126,17 @@ def _add_streams(schema: dict[str, Any]) -> None:
         one = refs[0] if len(refs) == 1 else {"oneOf": refs}
         content = schema["paths"][path]["post"]["responses"]["200"]["content"]
         content[media] = {"schema": _sse_event(one) if media == "text/event-stream" else one}
+
+
+def _no_422_under_v1(schema: dict[str, Any]) -> None:
+    """FastAPI documents a 422 on every route with a body; under ``/v1`` an invalid body is a 400."""
+    for path, operations in schema.get("paths", {}).items():
+        if path.startswith("/v1/"):
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+    if "HTTPValidationError" not in json.dumps(schema.get("paths", {})):
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
 
 
 def _sse_event(data: dict[str, Any]) -> dict[str, Any]:
@@ -156,6 +177,7 @@ class _App(FastAPI):
             return self.openapi_schema
         self.openapi_schema = None
         schema = super().openapi()
+        _no_422_under_v1(schema)
         _add_streams(schema)
         documented[0].document(schema)
         _add_edge_errors(schema, documented[1])
@@ -179,7 +201,7 @@ def create_app(service: RRRService | None = None, api_keys: ApiKeys | None = Non
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
         message = _describe(errors)
-        status = 400 if any(e.get("type") == "json_invalid" for e in errors) else 422
+        status = 400 if _is_openai(request) or any(e.get("type") == "json_invalid" for e in errors) else 422
         if _is_openai(request):
             return typed_json(openai_error(message), status)
         return typed_json(ErrorBody(error=message, detail=errors), status)
@@ -224,7 +246,7 @@ def create_app(service: RRRService | None = None, api_keys: ApiKeys | None = Non
         return _service(request).list_models()
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion,
-              responses=_errors(OpenAIError, "text/event-stream"))
+              responses=_errors(OpenAIError, "text/event-stream", openai=True))
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         _within_limits(request, body)
         return await _service(request).chat_completions(body)

@@ -15,7 +15,7 @@ from typing import AsyncIterator, Optional
 
 from rrr_ray.serving.config import EngineConfig
 from rrr_ray.serving.errors import ModelNotServedError
-from rrr_ray.serving.messages import EngineRequest
+from rrr_ray.serving.messages import EngineRequest, TokenLogprob
 
 
 @dataclass(slots=True)
@@ -28,6 +28,8 @@ class EngineOutput:
     finished: bool = False
     finish_reason: Optional[str] = None
     cached_tokens: Optional[int] = None  # prompt tokens found in the prefix cache (None: not known)
+    stop_reason: Optional[str] = None  # the stop string that ended the request (finish_reason "stop")
+    logprobs: Optional[list[TokenLogprob]] = None  # one per new token, when the request asks for them
 
 
 class Engine(abc.ABC):

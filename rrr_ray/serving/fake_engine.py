@@ -6,7 +6,10 @@ message drive the failure paths the tests need: ``[invalid]`` (a reply with no r
 ``[fail-after:N]`` (an engine error after N tokens), ``[kill-engine]`` (the engine dies).
 A request that continues a reply (``continue_final_message``, as self-healing sends) gets the
 remainder that completes it with the valid reply's sections, checked against its guided regex.
-``sampling.stop`` ends the reply before the first stop string in it, as vLLM does.
+``sampling.stop`` ends the reply before the first stop string in it, as vLLM does (with the string as
+``stop_reason``); ``ignore_eos`` and ``min_tokens`` repeat the reply's pieces up to the tokens asked;
+``logprobs`` gives each piece a made-up log probability and ``logprobs`` alternatives. The other sampling
+settings (temperature, penalties, seed...) do not change a fixed reply, and are ignored.
 ``engine_kwargs``: ``token_interval_s`` (the pace), ``start_s`` (how long ``start`` takes).
 A prefix cache of the last ``CACHED_PROMPTS`` prompts reports each request's ``cached_tokens``
 (its longest common prefix with one of them, as vLLM's prefix caching with one-token blocks).
@@ -23,7 +26,7 @@ from rrr_ray.format.spec import SECTION_BY_NAME, SECTION_INDEX, SEPARATOR
 from rrr_ray.serving.config import EngineConfig
 from rrr_ray.serving.engine import Engine, EngineOutput
 from rrr_ray.serving.errors import BadRequestError, EngineDeadError, EngineError
-from rrr_ray.serving.messages import EngineRequest
+from rrr_ray.serving.messages import EngineRequest, TokenLogprob
 
 FAKE_ENGINE = "rrr_ray.serving.fake_engine:FakeEngine"
 """This engine's import path, for ``EngineConfig.engine_class``."""
@@ -79,12 +82,16 @@ class FakeEngine(Engine):
             reply = continuation(request.messages[-1]["content"], request.guided_regex)
         else:
             reply = BROKEN_REPLY if "[broken]" in prompt else INVALID_REPLY if "[invalid]" in prompt else VALID_REPLY
-        stops = [i for i in (reply.find(stop) for stop in request.sampling.stop) if i >= 0]
-        reply = reply[:min(stops)] if stops else reply  # vLLM's stop: the reply ends before it
+        sampling = request.sampling
+        stops = sorted((i, stop) for stop in sampling.stop if (i := reply.find(stop)) >= 0)
+        stop_reason = stops[0][1] if stops else None
+        reply = reply[:stops[0][0]] if stops else reply  # vLLM's stop: the reply ends before it
         pieces = _PIECE.findall(reply) or [""]  # stopped at once: one token, its text cut (as vLLM)
-        if request.sampling.ignore_eos:
-            pieces = (pieces * (request.sampling.max_new_tokens // len(pieces) + 1))
-        pieces = pieces[:request.sampling.max_new_tokens]
+        least = sampling.max_new_tokens if sampling.ignore_eos else sampling.min_tokens
+        if least > len(pieces):  # no end before ``least`` tokens: the reply's pieces again
+            pieces = (pieces * (least // len(pieces) + 1))[:least]
+            stop_reason = None
+        pieces = pieces[:sampling.max_new_tokens]
         fail = _FAIL_AFTER.search(prompt)
         self.running += 1
         try:
@@ -93,10 +100,11 @@ class FakeEngine(Engine):
                 if fail and i > int(fail.group(1)):
                     raise EngineError("fake engine failed mid-stream")
                 last = i == len(pieces)
+                finish = ("stop" if len(pieces) < sampling.max_new_tokens else "length") if last else None
+                logprobs = None if request.logprobs is None else [fake_logprob(piece, i, request.logprobs)]
                 yield EngineOutput(text=piece, num_tokens=1, input_tokens=input_tokens, cached_tokens=cached,
-                                   finished=last,
-                                   finish_reason=("stop" if len(pieces) < request.sampling.max_new_tokens else "length")
-                                   if last else None)
+                                   finished=last, finish_reason=finish,
+                                   stop_reason=stop_reason if finish == "stop" else None, logprobs=logprobs)
         finally:
             self.running -= 1
 
@@ -106,6 +114,13 @@ class FakeEngine(Engine):
 
     def num_unfinished_requests(self) -> int:
         return self.running
+
+
+def fake_logprob(piece: str, index: int, top: int) -> TokenLogprob:
+    """A made-up log probability for the ``index``-th piece, the most likely at its position, and
+    ``top`` alternatives (the piece first), each less likely than the one before."""
+    logprob = -0.05 * (index % 7 + 1)
+    return TokenLogprob(piece, logprob, [(piece, logprob), *((f"<alt{j}>", logprob - j) for j in range(1, top))][:top])
 
 
 def continuation(prefix: str, regex: Optional[str]) -> str:

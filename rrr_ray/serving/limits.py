@@ -29,7 +29,7 @@ class HttpLimits(BaseModel):
     max_header_bytes: int = Field(16 * 1024, ge=1024, description="Largest total size of a request's headers "
                                   "(names and values); more is a 431.")
     max_new_tokens: int = Field(2048, ge=1, description="Most new tokens a request may ask for (max_new_tokens; "
-                                f"max_tokens / max_completion_tokens on /v1); more is a 422. A request that asks "
+                                f"max_tokens / max_completion_tokens on /v1); more is a 422 (a 400 on /v1). A request that asks "
                                 f"for none gets {DEFAULT_MAX_NEW_TOKENS}, or this limit when it is lower.")
     max_messages: int = Field(256, ge=1, description="Most entries in 'messages'.")
     max_prompt_chars: int = Field(100_000, ge=1, description="Most characters in 'prompt', in 'system' and in "
@@ -58,9 +58,9 @@ class HttpLimits(BaseModel):
         if len(messages) > self.max_messages:
             over(("messages",), "too_long", "max_messages", f"has {len(messages)} messages")
         for i, message in enumerate(messages):
-            if len(message.content) > self.max_prompt_chars:
+            if len(message.text) > self.max_prompt_chars:
                 over(("messages", i, "content"), "string_too_long", "max_prompt_chars",
-                     f"is {len(message.content)} characters")
+                     f"is {len(message.text)} characters")
         stop = getattr(body, "stop", None)
         if isinstance(stop, list) and len(stop) > self.max_stop_strings:
             over(("stop",), "too_long", "max_stop_strings", f"has {len(stop)} strings")

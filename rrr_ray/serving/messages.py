@@ -31,6 +31,8 @@ class EngineRequest(BaseModel):
     heal: bool = Field(False, description="Heal the reply if it breaks the RRR format (see GenerateRequest.heal).")
     continue_final_message: bool = Field(False, description="The last message is the start of the assistant's "
                                          "reply: the engine continues it (no end of turn, no new turn).")
+    logprobs: Optional[int] = Field(None, ge=0, description="Return each generated token's log probability "
+                                    "and those of the given number of most likely tokens; None: none.")
 
 
 class HealReport(BaseModel):
@@ -50,6 +52,15 @@ class StageHealth(BaseModel):
 
 
 @dataclass(slots=True)
+class TokenLogprob:
+    """One generated token's log probability, and the most likely tokens at its position."""
+
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class ModelChunk:
     """One Ray message from the model stage: the text of one or more engine steps."""
 
@@ -64,6 +75,8 @@ class ModelChunk:
     engine_time_s: Optional[float] = None  # on the last chunk
     error: Optional[str] = None
     status: Optional[int] = None  # an HTTP status when the request itself was bad
+    stop_reason: Optional[str] = None  # the stop string that ended the request
+    logprobs: Optional[list[list[TokenLogprob]]] = None  # per text, its tokens' (when the request asks)
 
 
 @dataclass(slots=True)
@@ -81,6 +94,7 @@ class FinalRecord:
     repaired_text: Optional[str] = None  # with repair only
     repair: Optional[RepairReport] = None  # with repair only
     heal: Optional[HealReport] = None  # a healed reply only
+    stop_reason: Optional[str] = None  # the stop string that ended the reply (never healed)
 
 
 @dataclass(slots=True)
@@ -88,6 +102,7 @@ class OutputChunk:
     """One Ray message from the post-processing stage: labelled tokens, and the verdict at the end."""
 
     tokens: list[tuple[str, Optional[str]]] = field(default_factory=list)
+    logprobs: Optional[list[TokenLogprob]] = None  # of the tokens sent in this chunk, when the request asks
     finished: bool = False
     final: Optional[FinalRecord] = None
     error: Optional[str] = None

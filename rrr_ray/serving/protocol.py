@@ -8,26 +8,88 @@ body omits it rather than sending ``null``).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional, Union
+import functools
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Annotated, Any, Literal, Optional, Union
 
-from rrr_ray.format import RepairReport, Validation
+from pydantic import (
+    BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator)
+
+from rrr_ray.format import RepairReport, Validation, guided_regex
 from rrr_ray.serving.messages import HealReport
 from rrr_ray.serving.sampling import (
     DEFAULT_MAX_NEW_TOKENS, DEFAULT_REPETITION_PENALTY, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P, INTEGRAL,
-    STRICT, MaxNewTokens, RepetitionPenalty, SamplingOptions, Seed, StopString, Temperature, TopK, TopP)
+    FrequencyPenalty, MaxNewTokens, MinP, MinTokens, PresencePenalty, RepetitionPenalty, SamplingOptions, Seed,
+    StopString, Temperature, TopK, TopP)
 
 
 def _absent(value: object) -> bool:
     return value is None
 
 
-class ChatMessage(BaseModel):
-    model_config = STRICT
+class ContentPart(BaseModel):
+    """One part of a message's content, as OpenAI's API sends it. rrr-ray serves text: a part of any
+    other type (an image, audio, a file) is refused, by name."""
 
-    role: Literal["system", "user", "assistant"]
-    content: str
+    model_config = ConfigDict(strict=True, extra="allow", json_schema_extra={  # the schema: a text part
+        "properties": {"type": {"const": "text"}, "text": {"type": "string"}}, "required": ["type", "text"],
+        "additionalProperties": False})  # an image part is refused by its type, not by its other fields
+
+    type: str
+    text: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _text_only(self) -> "ContentPart":
+        if self.type != "text":
+            raise ValueError(f"content parts of type {self.type!r} are not supported: rrr-ray serves text "
+                             "(parts of type 'text' only)")
+        if self.text is None:
+            raise ValueError("a content part of type 'text' needs 'text'")
+        if self.model_extra:
+            raise ValueError(f"a text part has only 'type' and 'text', not {', '.join(map(repr, self.model_extra))}")
+        return self
+
+
+def _parts_or_text(value: object) -> object:
+    """A message's content: a string, or a list of parts, each reported by its index when it is bad."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        raise ValueError("content must be a string or a list of content parts")
+    parts = []
+    for i, part in enumerate(value):
+        try:
+            parts.append(ContentPart.model_validate(part))
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(x) for x in error["loc"])
+            raise ValueError(f"part {i}{f' ({where})' if where else ''}: "
+                             f"{error['msg'].removeprefix('Value error, ')}") from None
+    return parts
+
+
+PART_SEPARATOR = "\n"
+"""Between the text parts of one message, joined (as vLLM's OpenAI server joins them)."""
+
+
+class ChatMessage(BaseModel):
+    """A message of the conversation: ``content`` a string, or OpenAI's list of text parts.
+    OpenAI's ``developer`` role is the ``system`` role of the chat template."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Annotated[Union[str, list[ContentPart]], BeforeValidator(_parts_or_text)]
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return PART_SEPARATOR.join(part.text or "" for part in self.content)
+
+    def as_dict(self) -> dict[str, str]:
+        """The message as the chat template takes it."""
+        return {"role": "system" if self.role == "developer" else self.role, "content": self.text}
 
 
 # -- request bodies -------------------------------------------------------------------------------
@@ -35,7 +97,8 @@ class ChatMessage(BaseModel):
 Heal = Annotated[Optional[bool], Field(description=(
     "Self-healing: the model writes freely; if its reply breaks the RRR format, what broke it is never sent "
     "and the reply goes on from the valid part, guided by the regex of its valid remainders. Default (null): "
-    "on, unless the served model is configured otherwise, 'guided' is set (valid already) or 'ignore_eos' is."))]
+    "on, unless the served model is configured otherwise, 'guided' is set (valid already), or 'ignore_eos' or "
+    "'min_tokens' asks for a long reply."))]
 
 
 class GenerateRequest(SamplingOptions):
@@ -64,7 +127,7 @@ class GenerateRequest(SamplingOptions):
         return SamplingOptions(**self.model_dump(include=set(SamplingOptions.model_fields)))
 
     def chat_messages(self) -> list[dict[str, str]]:
-        history = [m.model_dump() for m in self.messages] if self.messages else [{"role": "user", "content": self.prompt}]
+        history = [m.as_dict() for m in self.messages] if self.messages else [{"role": "user", "content": self.prompt}]
         if self.system and not any(m["role"] == "system" for m in history):
             history.insert(0, {"role": "system", "content": self.system})
         return history
@@ -153,33 +216,165 @@ class HealthResponse(BaseModel):
 
 # -- OpenAI-compatible ---------------------------------------------------------------------------
 
-class ChatCompletionRequest(BaseModel):
-    """The subset of OpenAI's chat completion request that rrr-ray honours (plus ``guided``)."""
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
 
-    model_config = ConfigDict(extra="ignore", strict=True)
+    include_usage: Optional[bool] = Field(None, description="End the stream with one more chunk, with no "
+                                          "choices and the request's usage (before data: [DONE]).")
+    include_obfuscation: Optional[bool] = Field(None, description="Accepted and ignored (no padding is sent).")
+
+
+_UNSUPPORTED = {
+    "tools": "tool calls are not supported: replies are React-Respond-Reflect text",
+    "tool_choice": "tool calls are not supported: replies are React-Respond-Reflect text",
+    "functions": "function calls are not supported: replies are React-Respond-Reflect text",
+    "function_call": "function calls are not supported: replies are React-Respond-Reflect text",
+    "logit_bias": "logit_bias is not supported",
+    "audio": "audio output is not supported: rrr-ray serves text",
+    "prediction": "predicted outputs are not supported",
+    "web_search_options": "web search is not supported",
+    "reasoning_effort": "reasoning_effort is not supported: the served models are not reasoning models",
+    "verbosity": "verbosity is not supported",
+}
+"""OpenAI fields that would change the reply in a way rrr-ray cannot: a 400 naming the field
+when one is set (null, an empty list or object: as if absent)."""
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's chat completion request, as far as it concerns text; plus vLLM's sampling extras
+    (``top_k``, ``repetition_penalty``, ``min_p``, ``min_tokens``, ``ignore_eos``) and rrr-ray's
+    (``guided``, ``heal``). Every field is honoured, refused with a 400 naming it (tools, other
+    response formats, ``n`` > 1, ...), or ignored where OpenAI's reply does not depend on it
+    (``user``, ``metadata``, ``store``...). A field nobody defines is a 400, never ignored.
+    Null is the default, as in OpenAI's API."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: Optional[str] = None
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: Optional[MaxNewTokens] = None
-    max_completion_tokens: Optional[MaxNewTokens] = None
-    temperature: Temperature = DEFAULT_TEMPERATURE
-    top_p: TopP = DEFAULT_TOP_P
-    top_k: TopK = DEFAULT_TOP_K
-    repetition_penalty: RepetitionPenalty = DEFAULT_REPETITION_PENALTY
+    max_completion_tokens: Optional[MaxNewTokens] = Field(None, description="OpenAI's newer name for max_tokens.")
+    temperature: Optional[Temperature] = Field(None, description=f"0 is greedy; default {DEFAULT_TEMPERATURE}.")
+    top_p: Optional[TopP] = Field(None, description=f"Nucleus sampling; default {DEFAULT_TOP_P}.")
+    presence_penalty: Optional[PresencePenalty] = None
+    frequency_penalty: Optional[FrequencyPenalty] = None
     seed: Seed = None
-    n: Annotated[int, Field(ge=1, le=1), INTEGRAL] = Field(1, description="Only one choice per request.")
-    stream: bool = False
     stop: Optional[Union[StopString, list[StopString]]] = Field(
-        None, description="Stop before this string or any of these (at most the server's limits.max_stop_strings).")
+        None, description="Stop before this string or any of these (at most the server's limits.max_stop_strings). "
+                          "A stop string ends the reply where it is, valid RRR or not (rrr_validation says which); "
+                          "a reply it cuts short is never healed.")
+    n: Optional[Annotated[int, INTEGRAL]] = Field(None, description="1: one choice per request.")
+    stream: Optional[bool] = False
+    stream_options: Optional[StreamOptions] = None
+    logprobs: Optional[bool] = Field(None, description="Return the log probability of each token of the reply.")
+    top_logprobs: Optional[Annotated[int, Field(ge=0, le=20), INTEGRAL]] = Field(
+        None, description="With logprobs: also the most likely tokens at each position, this many.")
+    response_format: Optional[dict[str, Any]] = Field(None, description="Only {'type': 'text'}: replies follow "
+                                                      "the RRR format (guided: true constrains decoding to it).")
+    modalities: Optional[list[str]] = Field(None, description="Only ['text'].")
+    # vLLM's sampling extras
+    top_k: Optional[TopK] = Field(None, description=f"vLLM extension; default {DEFAULT_TOP_K}.")
+    repetition_penalty: Optional[RepetitionPenalty] = Field(
+        None, description=f"vLLM extension; default {DEFAULT_REPETITION_PENALTY}.")
+    min_p: Optional[MinP] = Field(None, description="vLLM extension.")
+    min_tokens: Optional[MinTokens] = Field(None, description="vLLM extension.")
+    ignore_eos: Optional[bool] = Field(None, description="vLLM extension: keep generating past end-of-sequence.")
+    structured_outputs: Optional[dict[str, Any]] = Field(
+        None, description="vLLM's spelling of guided decoding: accepted with guided: true and the RRR regex only.")
+    # rrr-ray's extensions
     guided: bool = Field(False, description="rrr-ray extension (pass through extra_body).")
     heal: Heal = None
+    # ignored, as OpenAI's reply does not depend on them
+    user: Optional[str] = Field(None, description="Ignored.")
+    metadata: Optional[dict[str, str]] = Field(None, description="Ignored.")
+    store: Optional[bool] = Field(None, description="Ignored (nothing is stored).")
+    service_tier: Optional[str] = Field(None, description="Ignored.")
+    parallel_tool_calls: Optional[bool] = Field(None, description="Ignored (no tools).")
+    prompt_cache_key: Optional[str] = Field(None, description="Ignored (the prefix cache needs no key).")
+    safety_identifier: Optional[str] = Field(None, description="Ignored.")
+    # refused when set
+    tools: Optional[list[Any]] = None
+    tool_choice: Optional[Any] = None
+    functions: Optional[list[Any]] = None
+    function_call: Optional[Any] = None
+    logit_bias: Optional[dict[str, Any]] = None
+    audio: Optional[Any] = None
+    prediction: Optional[Any] = None
+    web_search_options: Optional[Any] = None
+    reasoning_effort: Optional[Any] = None
+    verbosity: Optional[Any] = None
+
+    @field_validator(*_UNSUPPORTED)
+    @classmethod
+    def _unsupported(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and value != [] and value != {}:
+            raise ValueError(_UNSUPPORTED[info.field_name])
+        return value
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, value: Optional[int]) -> Optional[int]:
+        if value is not None and value != 1:
+            raise ValueError(f"n = {value}: rrr-ray returns one choice per request (n = 1)")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_format(cls, value: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+        if value is not None and value.get("type") != "text":
+            raise ValueError(f"response_format of type {value.get('type')!r} is not supported: replies follow "
+                             "the RRR format ({'type': 'text'}; guided: true constrains decoding to the format)")
+        return value
+
+    @field_validator("modalities")
+    @classmethod
+    def _text_modality(cls, value: Optional[list[str]]) -> Optional[list[str]]:
+        if value is not None and any(m != "text" for m in value):
+            raise ValueError(f"modalities {value}: rrr-ray serves text only (['text'])")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ChatCompletionRequest":
+        if self.max_tokens is not None and self.max_completion_tokens is not None \
+                and self.max_tokens != self.max_completion_tokens:
+            raise ValueError(f"max_tokens ({self.max_tokens}) and max_completion_tokens "
+                             f"({self.max_completion_tokens}) differ: give one")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        most = self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_NEW_TOKENS
+        if self.min_tokens is not None and self.min_tokens > most:
+            raise ValueError(f"min_tokens ({self.min_tokens}) is more than the most tokens to generate ({most})")
+        if self.structured_outputs is not None and not (
+                self.guided and set(self.structured_outputs) == {"regex"}
+                and self.structured_outputs["regex"] in _rrr_regexes()):
+            raise ValueError("structured_outputs is accepted only as vLLM's spelling of guided: true, "
+                             "{'regex': guided_regex()} with guided: true; rrr-ray constrains decoding to the "
+                             "RRR format only")
+        return self
 
     def sampling(self) -> SamplingOptions:
-        return SamplingOptions(
-            max_new_tokens=self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_NEW_TOKENS,
-            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-            repetition_penalty=self.repetition_penalty, seed=self.seed,
-            stop=[self.stop] if isinstance(self.stop, str) else list(self.stop or []))
+        given = {name: getattr(self, name) for name in _CHAT_SAMPLING if getattr(self, name) is not None}
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return SamplingOptions(max_new_tokens=self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_NEW_TOKENS,
+                               stop=stop, **given)
+
+    def top_logprobs_count(self) -> Optional[int]:
+        """What the engine request asks for: None without logprobs, else how many alternatives."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+@functools.cache
+def _rrr_regexes() -> tuple[str, ...]:
+    return guided_regex(bounded=True), guided_regex(bounded=False)
+
+
+_CHAT_SAMPLING = ("temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty", "frequency_penalty",
+                  "min_p", "min_tokens", "seed", "ignore_eos")
+"""The fields of ``ChatCompletionRequest`` that are ``SamplingOptions`` fields of the same name."""
 
 
 class PromptTokensDetails(BaseModel):
@@ -198,10 +393,29 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float = Field(description="Natural log of the probability; -9999.0 stands for minus infinity.")
+    bytes: list[int] = Field(description="The token's UTF-8 bytes.")
+
+
+class TokenLogprobEntry(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(description="The most likely tokens at this position (top_logprobs).")
+
+
+class ChoiceLogprobs(BaseModel):
+    """With ``logprobs``: one entry per token of the reply (or of the chunk, streamed)."""
+
+    content: list[TokenLogprobEntry]
+
+
 class ChatCompletionChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
+    logprobs: Optional[ChoiceLogprobs] = None
     finish_reason: Optional[str]
+    stop_reason: Optional[str] = Field(None, description="vLLM extension: the stop string that ended the reply, "
+                                       "if one did (finish_reason is then 'stop').")
 
 
 class ChatCompletion(BaseModel):
@@ -224,11 +438,14 @@ class ChunkDelta(BaseModel):
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: ChunkDelta
+    logprobs: Optional[ChoiceLogprobs] = Field(None, exclude_if=_absent)
     finish_reason: Optional[str] = None
+    stop_reason: Optional[str] = Field(None, exclude_if=_absent, description="As in ChatCompletionChoice.")
 
 
 class ChatCompletionChunk(BaseModel):
-    """One SSE event of a streamed chat completion; the last one carries usage and the verdict."""
+    """One SSE event of a streamed chat completion. The one with ``finish_reason`` carries the verdict;
+    with ``stream_options.include_usage`` one more follows, with no choices and the usage."""
 
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"

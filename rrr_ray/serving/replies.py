@@ -14,6 +14,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncGenerator, AsyncIterator, Optional, Union
@@ -23,20 +24,21 @@ from pydantic import BaseModel
 
 from rrr_ray.serving.aio import close_quietly
 from rrr_ray.serving.errors import BadRequestError
-from rrr_ray.serving.messages import FinalRecord, OutputChunk
+from rrr_ray.serving.messages import FinalRecord, OutputChunk, TokenLogprob
 from rrr_ray.serving.metrics import ServingMetrics
 from rrr_ray.serving.protocol import (
-    ChatCompletionChunk, ChunkChoice, ChunkDelta, GenerateStreamEnd, GenerateStreamToken, GenerationMetadata,
-    OpenAIError, OpenAIErrorDetail, PromptTokensDetails, Usage)
+    ChatCompletionChunk, ChoiceLogprobs, ChunkChoice, ChunkDelta, GenerateStreamEnd, GenerateStreamToken,
+    GenerationMetadata, OpenAIError, OpenAIErrorDetail, PromptTokensDetails, TokenLogprobEntry, TopLogprob, Usage)
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
 class Tokens:
-    """Labelled tokens of the reply, in order: ``(text, section)``."""
+    """Labelled tokens of the reply, in order: ``(text, section)``, and their logprobs if asked for."""
 
     tokens: list[tuple[str, Optional[str]]]
+    logprobs: Optional[list[TokenLogprob]] = None
 
 
 @dataclass(slots=True)
@@ -49,6 +51,8 @@ class Finished:
     total_s: float
     ttft_s: Optional[float]
     tokens: list[tuple[str, Optional[str]]]  # those of the last chunk
+    logprobs: Optional[list[TokenLogprob]] = None  # those of the last chunk's tokens, if asked for
+    reply_logprobs: Optional[list[TokenLogprob]] = None  # those of the whole reply, if asked for
 
 
 @dataclass(slots=True)
@@ -58,6 +62,7 @@ class Failed:
     error: str
     text: str = ""
     tokens: list[tuple[str, Optional[str]]] = field(default_factory=list)  # those of the last chunk
+    logprobs: Optional[list[TokenLogprob]] = None  # those of the last chunk's tokens, if asked for
 
 
 ReplyEvent = Union[Tokens, Finished, Failed]
@@ -81,6 +86,7 @@ async def _consume(chunks: AsyncGenerator[OutputChunk, None], model: str, start:
                    metrics: Optional[ServingMetrics]) -> ReplyEvents:
     """The one consumer of a reply stream."""
     parts: list[str] = []
+    logprobs: Optional[list[TokenLogprob]] = None
     first_token: Optional[float] = None
     end: Union[Finished, Failed, None] = None
     async with contextlib.aclosing(chunks):
@@ -89,16 +95,19 @@ async def _consume(chunks: AsyncGenerator[OutputChunk, None], model: str, start:
                 if first_token is None:
                     first_token = time.perf_counter()
                 parts.extend(t for t, _ in chunk.tokens)
+            if chunk.logprobs is not None:
+                logprobs = (logprobs or []) + chunk.logprobs
             if chunk.error is not None:
-                end = Failed(chunk.error, "".join(parts), chunk.tokens)
+                end = Failed(chunk.error, "".join(parts), chunk.tokens, chunk.logprobs)
                 break
             if chunk.finished and chunk.final is not None:
                 total = time.perf_counter() - start
                 ttft = None if first_token is None else first_token - start
-                end = Finished(chunk.final, _metadata(model, chunk.final, total, ttft), total, ttft, chunk.tokens)
+                end = Finished(chunk.final, _metadata(model, chunk.final, total, ttft), total, ttft, chunk.tokens,
+                               chunk.logprobs, logprobs)
                 break
-            if chunk.tokens:
-                yield Tokens(chunk.tokens)
+            if chunk.tokens or chunk.logprobs:
+                yield Tokens(chunk.tokens, chunk.logprobs)
     if end is None:
         end = Failed("the stream ended without a result", "".join(parts))
     if metrics is not None:
@@ -144,24 +153,41 @@ async def ndjson(events: ReplyEvents) -> AsyncIterator[bytes]:
             yield lines.encode()
 
 
-async def sse(events: ReplyEvents, completion_id: str, model: str) -> AsyncIterator[bytes]:
-    """``/v1/chat/completions`` streamed: ``ChatCompletionChunk`` events, then ``[DONE]``."""
+async def sse(events: ReplyEvents, completion_id: str, model: str, include_usage: bool = False,
+              logprobs: bool = False) -> AsyncIterator[bytes]:
+    """``/v1/chat/completions`` streamed: ``ChatCompletionChunk`` events, then ``[DONE]``. One event
+    per token; with ``logprobs``, one per chunk of the post-processor's stream, with its tokens'
+    logprobs. The event with ``finish_reason`` carries the verdict; with ``include_usage`` an event
+    with no choices and the usage follows it (as OpenAI's API)."""
     created = int(time.time())
 
-    def chunk(delta: ChunkDelta, finish_reason: Optional[str] = None, **extra: Any) -> str:
-        return _event(ChatCompletionChunk(id=completion_id, created=created, model=model,
-                                          choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)], **extra))
+    def chunk(delta: ChunkDelta, finish_reason: Optional[str] = None, stop_reason: Optional[str] = None,
+              entries: Optional[list[TokenLogprob]] = None, **extra: Any) -> str:
+        choice = ChunkChoice(delta=delta, finish_reason=finish_reason, stop_reason=stop_reason,
+                             logprobs=None if entries is None else choice_logprobs(entries))
+        return _event(ChatCompletionChunk(id=completion_id, created=created, model=model, choices=[choice], **extra))
+
+    def content(event: ReplyEvent) -> str:
+        if not logprobs:
+            return "".join(_spliced(template, token) for token, _ in event.tokens)
+        if not event.tokens and not event.logprobs:
+            return ""
+        return chunk(ChunkDelta(content="".join(t for t, _ in event.tokens)), entries=event.logprobs or [])
 
     template = _template(chunk(ChunkDelta(content=_SLOT)))
     yield chunk(ChunkDelta(role="assistant", content="")).encode()
     async for event in events:
-        text = "".join(_spliced(template, token) for token, _ in event.tokens)
+        text = content(event)
         if isinstance(event, Failed):
             text += _event(openai_error(event.error, "engine_error")) + _DONE
         elif isinstance(event, Finished):
             record = event.record
-            text += chunk(ChunkDelta(), record.finish_reason or "stop", usage=usage(record),
-                          rrr_validation=record.validation, rrr_heal=record.heal) + _DONE
+            text += chunk(ChunkDelta(), record.finish_reason or "stop", record.stop_reason,
+                          rrr_validation=record.validation, rrr_heal=record.heal)
+            if include_usage:
+                text += _event(ChatCompletionChunk(id=completion_id, created=created, model=model, choices=[],
+                                                   usage=usage(record)))
+            text += _DONE
         if text:
             yield text.encode()
 
@@ -173,6 +199,20 @@ def typed_json(body: BaseModel, status_code: int = 200, headers: Optional[dict[s
 
 def openai_error(message: str, kind: str = "invalid_request_error", code: Optional[str] = None) -> OpenAIError:
     return OpenAIError(error=OpenAIErrorDetail(message=message, type=kind, code=code))
+
+
+LOGPROB_FLOOR = -9999.0
+"""A log probability of minus infinity, as JSON can carry it (vLLM's OpenAI server sends the same)."""
+
+
+def choice_logprobs(entries: list[TokenLogprob]) -> ChoiceLogprobs:
+    """Logprobs in OpenAI's shape."""
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        value = max(logprob, LOGPROB_FLOOR) if math.isfinite(logprob) else LOGPROB_FLOOR
+        return {"token": token, "logprob": value, "bytes": list(token.encode("utf-8", errors="replace"))}
+    return ChoiceLogprobs(content=[TokenLogprobEntry(**entry(e.token, e.logprob),
+                                                     top_logprobs=[TopLogprob(**entry(t, lp)) for t, lp in e.top])
+                                   for e in entries])
 
 
 def usage(record: FinalRecord) -> Usage:

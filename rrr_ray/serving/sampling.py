@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Optional
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 STRICT = ConfigDict(strict=True)
 """Request models take JSON types as they are: ``"1"`` is not a number, ``0`` is not a boolean."""
@@ -27,6 +27,15 @@ TopP = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False,
 TopK = Annotated[int, Field(ge=-1, description="-1 or 0 disables top-k."), INTEGRAL]
 RepetitionPenalty = Annotated[float, Field(gt=0.0, le=2.0, allow_inf_nan=False,
                                            description="Above 1 discourages repeating tokens.")]
+PresencePenalty = Annotated[float, Field(ge=-2.0, le=2.0, allow_inf_nan=False, description=(
+    "Above 0 discourages tokens that appeared in the reply so far (OpenAI's range)."))]
+FrequencyPenalty = Annotated[float, Field(ge=-2.0, le=2.0, allow_inf_nan=False, description=(
+    "Above 0 discourages tokens in proportion to how often they appeared in the reply so far (OpenAI's range)."))]
+MinP = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False, description=(
+    "Drop tokens less likely than this fraction of the most likely one; 0 disables it."))]
+MinTokens = Annotated[int, Field(ge=0, description=(
+    "Generate at least this many tokens before end-of-sequence or a stop string may end the reply "
+    "(at most the reply's max tokens).")), INTEGRAL]
 SAFE_INTEGER = 2**53 - 1
 """The largest integer every JSON parser reads exactly (RFC 7493, I-JSON)."""
 Seed = Annotated[Optional[Annotated[int, Field(ge=-SAFE_INTEGER, le=SAFE_INTEGER), INTEGRAL]],
@@ -50,7 +59,19 @@ class SamplingOptions(BaseModel):
     top_p: TopP = DEFAULT_TOP_P
     top_k: TopK = DEFAULT_TOP_K
     repetition_penalty: RepetitionPenalty = DEFAULT_REPETITION_PENALTY
+    presence_penalty: PresencePenalty = 0.0
+    frequency_penalty: FrequencyPenalty = 0.0
+    min_p: MinP = 0.0
+    min_tokens: MinTokens = 0
     seed: Seed = None
     ignore_eos: bool = Field(False, description="Keep generating past end-of-sequence (benchmarks).")
     stop: list[StopString] = Field(default_factory=list, description="Stop before any of these strings "
-                                   "(at most the server's limits.max_stop_strings).")
+                                   "(at most the server's limits.max_stop_strings). A stop string ends the reply "
+                                   "where it is, valid or not: a reply it cuts short is never healed.")
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> "SamplingOptions":
+        if self.min_tokens > self.max_new_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) is more than the most tokens to generate "
+                             f"({self.max_new_tokens})")
+        return self

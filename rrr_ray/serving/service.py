@@ -25,7 +25,7 @@ from rrr_ray.serving.protocol import (
     AssistantMessage, ChatCompletion, ChatCompletionChoice, ChatCompletionRequest, GenerateFailure, GenerateRequest,
     GenerateResponse, HealthResponse, ModelCard, ModelList, SamplingOptions)
 from rrr_ray.serving.replies import (
-    Failed, ReplyEvents, ndjson, open_reply, openai_error, sse, terminal, typed_json, usage)
+    Failed, ReplyEvents, choice_logprobs, ndjson, open_reply, openai_error, sse, terminal, typed_json, usage)
 
 StreamFn = Callable[[EngineRequest, bool], AsyncIterator[OutputChunk]]
 HealthFn = Callable[[], Awaitable[dict[str, StageHealth]]]
@@ -71,16 +71,17 @@ class RRRService:
         return name
 
     def engine_request(self, model: Optional[str], messages: list[dict[str, str]], sampling: SamplingOptions,
-                       guided: bool, heal: Optional[bool] = None) -> EngineRequest:
+                       guided: bool, heal: Optional[bool] = None, logprobs: Optional[int] = None) -> EngineRequest:
         if sampling.max_new_tokens > self.limits.max_new_tokens:  # the default, where the limit is lower
             sampling = sampling.model_copy(update={"max_new_tokens": self.limits.max_new_tokens})
         name = self.resolve_model(model)
-        if heal is None:  # the model's default; a benchmark's ignore_eos reply is not cut short
-            heal = self.models[name].heal and not sampling.ignore_eos
+        if heal is None:  # the model's default; a reply asked to run long (ignore_eos, min_tokens) is not cut short
+            heal = self.models[name].heal and not sampling.ignore_eos and not sampling.min_tokens
         return EngineRequest(request_id=f"rrr-{uuid.uuid4().hex}", model=name,
                              messages=messages, sampling=sampling,
                              guided_regex=self._regex[name] if guided else None,
-                             heal=heal and not guided)  # a guided reply is valid already
+                             heal=heal and not guided,  # a guided reply is valid already
+                             logprobs=logprobs)
 
     async def reply(self, request: EngineRequest, with_repair: bool, start: float) -> ReplyEvents:
         """Start the request's stream and return its events (see ``replies.open_reply``)."""
@@ -110,20 +111,23 @@ class RRRService:
 
     async def chat_completions(self, body: ChatCompletionRequest) -> Response:
         start = time.perf_counter()
-        request = self.engine_request(body.model, [m.model_dump() for m in body.messages], body.sampling(),
-                                      body.guided, body.heal)
+        request = self.engine_request(body.model, [m.as_dict() for m in body.messages], body.sampling(),
+                                      body.guided, body.heal, body.top_logprobs_count())
         events = await self.reply(request, False, start)
         completion_id = f"chatcmpl-{request.request_id[4:]}"
         if body.stream:
-            return StreamingResponse(sse(events, completion_id, request.model), media_type="text/event-stream")
+            return StreamingResponse(sse(events, completion_id, request.model, body.include_usage,
+                                         logprobs=request.logprobs is not None), media_type="text/event-stream")
         end = await terminal(events)
         if isinstance(end, Failed):
             return typed_json(openai_error(end.error, "engine_error"), 500)
         record = end.record
         return typed_json(ChatCompletion(
             id=completion_id, created=int(time.time()), model=request.model,
-            choices=[ChatCompletionChoice(message=AssistantMessage(content=record.text),
-                                          finish_reason=record.finish_reason)],
+            choices=[ChatCompletionChoice(
+                message=AssistantMessage(content=record.text), finish_reason=record.finish_reason,
+                stop_reason=record.stop_reason,
+                logprobs=None if end.reply_logprobs is None else choice_logprobs(end.reply_logprobs))],
             usage=usage(record), rrr_validation=record.validation, rrr_heal=record.heal))
 
     # -- /health --------------------------------------------------------------------------------

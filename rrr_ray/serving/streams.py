@@ -23,7 +23,7 @@ from rrr_ray.serving.engine import Engine
 from rrr_ray.serving.errors import BadRequestError, EngineError
 from rrr_ray.serving.healing import Healing
 from rrr_ray.serving.labeling import SectionLabeler
-from rrr_ray.serving.messages import EngineRequest, FinalRecord, HealReport, ModelChunk, OutputChunk
+from rrr_ray.serving.messages import EngineRequest, FinalRecord, HealReport, ModelChunk, OutputChunk, TokenLogprob
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ async def model_stream(engine: Engine, request: EngineRequest,
                     text=[o.text for o in outputs], num_tokens=sum(o.num_tokens for o in outputs),
                     tokens_per_text=[o.num_tokens for o in outputs],
                     input_tokens=last.input_tokens, cached_tokens=last.cached_tokens, finished=last.finished,
-                    finish_reason=last.finish_reason,
+                    finish_reason=last.finish_reason, stop_reason=last.stop_reason,
+                    logprobs=None if request.logprobs is None else [o.logprobs or [] for o in outputs],
                     engine_ttft_s=now - start if first else None,
                     engine_time_s=now - start if last.finished else None)
                 first = False
@@ -86,8 +87,8 @@ async def _until_broken(chunks: AsyncIterator[ModelChunk], reply: _Reply) -> Asy
             return
         reply.note_times(chunk, continued=False)
         tokens, broke = reply.label(chunk)
-        if broke is None and chunk.finished and chunk.finish_reason == "stop":
-            broke = reply.ended_short()
+        if broke is None and chunk.finished and chunk.finish_reason == "stop" and chunk.stop_reason is None:
+            broke = reply.ended_short()  # the model's end of sequence (a stop string is the client's)
         if broke is None:
             if chunk.finished:
                 yield reply.finish(tokens, chunk)
@@ -157,18 +158,29 @@ class _Reply:
         self.own_tokens = 0  # healed: the tokens of the model's own part that were kept
         self.own_time_s = 0.0  # healed: the engine time of the model's own part
         self.continuation_ttft: Optional[float] = None
+        self.logprobs: Optional[list[TokenLogprob]] = None  # of the tokens labelled since the last chunk sent
 
     def text(self) -> str:
         return "".join(self.parts)
 
     def send(self, tokens: list[tuple[str, Optional[str]]]) -> OutputChunk:
         self.began = True
-        return OutputChunk(tokens=tokens)
+        return OutputChunk(tokens=tokens, logprobs=self._sent_logprobs())
 
     def finish(self, tokens: list[tuple[str, Optional[str]]], chunk: ModelChunk) -> OutputChunk:
         """The last chunk of a reply that finished (``chunk`` gives its finish reason and engine time)."""
         self.ended = True
-        return OutputChunk(tokens=tokens, finished=True, final=self.final(chunk))
+        return OutputChunk(tokens=tokens, logprobs=self._sent_logprobs(), finished=True, final=self.final(chunk))
+
+    def _sent_logprobs(self) -> Optional[list[TokenLogprob]]:
+        """The logprobs of the tokens labelled since the last chunk sent (None: not asked for)."""
+        taken, self.logprobs = self.logprobs, None
+        return taken
+
+    def _keep_logprobs(self, chunk: ModelChunk, upto: int) -> None:
+        """Keep the logprobs of the chunk's first ``upto`` texts."""
+        if chunk.logprobs is not None:
+            self.logprobs = (self.logprobs or []) + [lp for per_text in chunk.logprobs[:upto] for lp in per_text]
 
     def fail(self, error: str, status: Optional[int] = None) -> OutputChunk:
         """The last chunk of a reply that failed (a status only while nothing was sent)."""
@@ -200,6 +212,7 @@ class _Reply:
             tokens += labelled
             self.parts.append(text)
         self.output_tokens += chunk.num_tokens
+        self._keep_logprobs(chunk, len(chunk.text))
         return tokens, None
 
     def _cut(self, chunk: ModelChunk, index: int, reason: ErrorCode,
@@ -222,6 +235,7 @@ class _Reply:
             tokens += self.labeler.push(kept)
             self.parts.append(kept)
         self.output_tokens += kept_tokens
+        self._keep_logprobs(chunk, index + (1 if kept else 0))
         return HealReport(position=cut, reason=reason, dropped_tokens=chunk.num_tokens - kept_tokens)
 
     def ended_short(self) -> Optional[HealReport]:
@@ -246,6 +260,7 @@ class _Reply:
                 engine_ttft = None if self.continuation_ttft is None else self.own_time_s + self.continuation_ttft
         final = FinalRecord(text=self.text(), validation=self.labeler.close(), input_tokens=self.input_tokens,
                             output_tokens=self.output_tokens, finish_reason=chunk.finish_reason,
+                            stop_reason=chunk.stop_reason,
                             engine_ttft_s=engine_ttft, engine_time_s=engine_time, cached_tokens=self.cached_tokens,
                             heal=self.heal)
         if self.with_repair:

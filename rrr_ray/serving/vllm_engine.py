@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator
 from rrr_ray.serving.config import EngineConfig
 from rrr_ray.serving.engine import Engine, EngineOutput
 from rrr_ray.serving.errors import BadRequestError, EngineDeadError, EngineError, FailedBeforeFirstToken
-from rrr_ray.serving.messages import EngineRequest
+from rrr_ray.serving.messages import EngineRequest, TokenLogprob
 from rrr_ray.serving.vllm_compat.guided_retry import with_guided_retry
 from rrr_ray.serving.vllm_compat.niceness import renice_engine
 
@@ -30,6 +30,23 @@ _ENGINE_SETUP = threading.Lock()  # vLLM's engine set-up is not known to be thre
 def _build_async_llm(async_llm: Any, args: Any) -> Any:
     with _ENGINE_SETUP:
         return async_llm.from_engine_args(args)
+
+
+def vllm_sampling_params(request: EngineRequest, room: int) -> Any:
+    """vLLM's ``SamplingParams`` for a request (every sampling setting it asks for), with at most
+    ``room`` new tokens (what the model's context has left after the prompt)."""
+    from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+
+    s = request.sampling
+    max_tokens = min(s.max_new_tokens, room)
+    return SamplingParams(
+        max_tokens=max_tokens, min_tokens=min(s.min_tokens, max_tokens), temperature=s.temperature,
+        top_p=s.top_p, top_k=s.top_k if s.top_k > 0 else 0, min_p=s.min_p,
+        repetition_penalty=s.repetition_penalty, presence_penalty=s.presence_penalty,
+        frequency_penalty=s.frequency_penalty, seed=s.seed, ignore_eos=s.ignore_eos, stop=s.stop or None,
+        logprobs=request.logprobs, output_kind=RequestOutputKind.DELTA,
+        structured_outputs=StructuredOutputsParams(regex=request.guided_regex) if request.guided_regex else None,
+    )
 
 
 class VLLMEngine(Engine):
@@ -74,21 +91,13 @@ class VLLMEngine(Engine):
         return list(ids)
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
-        from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
-
         self.check_served(request.model)
         ids = self._prompt_ids(request.messages, request.continue_final_message)
         room = self.config.max_model_len - len(ids)
         if room < 1:
             raise BadRequestError(
                 f"the prompt is {len(ids)} tokens; the context of {self.config.name} is {self.config.max_model_len}")
-        s = request.sampling
-        params = SamplingParams(
-            max_tokens=min(s.max_new_tokens, room), temperature=s.temperature, top_p=s.top_p,
-            top_k=s.top_k if s.top_k > 0 else 0, repetition_penalty=s.repetition_penalty, seed=s.seed,
-            ignore_eos=s.ignore_eos, stop=s.stop or None, output_kind=RequestOutputKind.DELTA,
-            structured_outputs=StructuredOutputsParams(regex=request.guided_regex) if request.guided_regex else None,
-        )
+        params = vllm_sampling_params(request, room)
         run = functools.partial(self._run, ids, params, self._lora.get(request.model))
         outputs = with_guided_retry(run, request, self.config.name)  # vllm_compat; else run(request.request_id)
         async with contextlib.aclosing(outputs):
@@ -109,15 +118,32 @@ class VLLMEngine(Engine):
                     error = FailedBeforeFirstToken if emitted == 0 and not choice.token_ids else EngineError
                     raise error(f"the engine ended the request with an error after {emitted} tokens")
                 emitted += len(choice.token_ids)
+                stop = choice.stop_reason if isinstance(choice.stop_reason, str) else None  # not a token id
+                logprobs = None if params.logprobs is None else self._logprobs(choice, params.logprobs)
                 yield EngineOutput(text=choice.text, num_tokens=len(choice.token_ids), input_tokens=len(ids),
                                    finished=out.finished, finish_reason=choice.finish_reason,
-                                   cached_tokens=out.num_cached_tokens)
+                                   cached_tokens=out.num_cached_tokens, stop_reason=stop, logprobs=logprobs)
         except EngineError:
             raise
         except Exception as exc:  # vLLM's EngineGenerateError / EngineDeadError (cancellation is not an Exception)
             raise EngineError(f"{type(exc).__name__}: {exc}") from exc
         finally:
             await stream.aclose()
+
+    def _logprobs(self, choice: Any, top: int) -> list[TokenLogprob]:
+        """The logprobs of a delta's new tokens. vLLM gives, per token, ``{token_id: Logprob}`` for the
+        sampled token and the ``top`` most likely ones (ranks 1 to ``top``)."""
+        out = []
+        for token_id, position in zip(choice.token_ids, choice.logprobs or []):
+            ranked = sorted(((p.rank, tid, p) for tid, p in position.items() if p.rank is not None and p.rank <= top),
+                            key=lambda r: r[0])
+            out.append(TokenLogprob(self._token_text(token_id, position[token_id]), position[token_id].logprob,
+                                    [(self._token_text(tid, p), p.logprob) for _, tid, p in ranked]))
+        return out
+
+    def _token_text(self, token_id: int, logprob: Any) -> str:
+        text = getattr(logprob, "decoded_token", None)
+        return text if text is not None else self._tokenizer.decode([token_id])
 
     async def check_health(self) -> None:
         if self._engine is None:
