@@ -79,7 +79,8 @@ def test_text_content_parts_are_joined_and_the_developer_role_is_the_system_role
                                                         {"type": "text", "text": "stuck."}]}]}, service)
     assert r.status_code == 200, r.text
     assert ChatCompletion.model_validate(r.json()).choices[0].message.content == VALID_REPLY
-    assert seen[0].messages == [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "I feel\nstuck."}]
+    assert seen[0].messages == [{"role": "system", "content": "Be kind."},
+                                {"role": "user", "content": "I feel\nstuck."}]
 
 
 def test_content_parts_count_against_the_prompt_limit_as_their_joined_text():
@@ -224,7 +225,8 @@ def test_logprobs_in_openais_shape():
     for e in content:
         assert e["logprob"] <= 0 and e["bytes"] == list(e["token"].encode())
         assert len(e["top_logprobs"]) == 3 and e["top_logprobs"][0]["token"] == e["token"]
-        assert sorted((t["logprob"] for t in e["top_logprobs"]), reverse=True) == [t["logprob"] for t in e["top_logprobs"]]
+        ranked = [t["logprob"] for t in e["top_logprobs"]]
+        assert sorted(ranked, reverse=True) == ranked
     plain = post(chat(logprobs=True)).json()["choices"][0]["logprobs"]["content"]
     assert plain and all(e["top_logprobs"] == [] for e in plain)
 
@@ -246,7 +248,8 @@ def test_a_healed_reply_has_the_logprobs_of_the_tokens_sent_only():
     r = post({"messages": [{"role": "user", "content": "go [broken]"}], "logprobs": True}).json()
     assert r["rrr_heal"] and r["rrr_validation"]["valid"]
     content = r["choices"][0]["logprobs"]["content"]
-    assert "".join(e["token"] for e in content).startswith(r["choices"][0]["message"]["content"][:r["rrr_heal"]["position"]])
+    own = r["choices"][0]["message"]["content"][:r["rrr_heal"]["position"]]  # the model's own part, kept
+    assert "".join(e["token"] for e in content).startswith(own)
     assert len(content) == r["usage"]["completion_tokens"]
 
 

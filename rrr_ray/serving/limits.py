@@ -29,8 +29,9 @@ class HttpLimits(BaseModel):
     max_header_bytes: int = Field(16 * 1024, ge=1024, description="Largest total size of a request's headers "
                                   "(names and values); more is a 431.")
     max_new_tokens: int = Field(2048, ge=1, description="Most new tokens a request may ask for (max_new_tokens; "
-                                f"max_tokens / max_completion_tokens on /v1); more is a 422 (a 400 on /v1). A request that asks "
-                                f"for none gets {DEFAULT_MAX_NEW_TOKENS}, or this limit when it is lower.")
+                                f"max_tokens / max_completion_tokens on /v1); more is a 422 (on /v1 a 400). A "
+                                f"request that asks for none gets {DEFAULT_MAX_NEW_TOKENS}, or this limit when it is "
+                                "lower.")
     max_messages: int = Field(256, ge=1, description="Most entries in 'messages'.")
     max_prompt_chars: int = Field(100_000, ge=1, description="Most characters in 'prompt', in 'system' and in "
                                   "the content of each message (the model's context may be smaller: a prompt "

@@ -9,7 +9,6 @@ body omits it rather than sending ``null``).
 from __future__ import annotations
 
 import functools
-
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (
