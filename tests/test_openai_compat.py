@@ -301,3 +301,57 @@ def test_a_continuation_keeps_the_requests_sampling_settings():
     assert (follow.sampling.max_new_tokens, follow.sampling.min_tokens) == (80, 10)  # 20 tokens were sent
     assert follow.logprobs == 2 and follow.continue_final_message and not follow.heal
     assert Healing(request, stream=None).continuation("p", "x", tokens_left=50).sampling.min_tokens == 0
+
+
+# -- vLLM's benchmark client, in process ----------------------------------------------------------
+
+class _AsgiSession:
+    """The part of ``aiohttp.ClientSession`` that vLLM's benchmark request functions use, over the
+    app in process (``post(url=, json=, headers=)`` as a context manager; ``status``, ``reason`` and
+    ``content.iter_any()`` on the response)."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+        self.bodies: list[dict[str, Any]] = []
+
+    def post(self, url: str, json: dict[str, Any], headers: dict[str, str]) -> Any:
+        session = self
+
+        class _Response:
+            async def __aenter__(self) -> "_Response":
+                session.bodies.append(json)
+                self.response = await session.client.post(url, json=json, headers=headers)
+                self.status, self.reason = self.response.status_code, self.response.reason_phrase
+                self.content = self
+                return self
+
+            async def __aexit__(self, *exc: Any) -> None:
+                return None
+
+            async def iter_any(self):
+                yield self.response.content
+
+        return _Response()
+
+
+def test_vllms_benchmark_request_function_gets_every_reply():
+    """vLLM's ``openai-chat`` benchmark request, as ``vllm bench serve`` sends it (content parts,
+    max_completion_tokens, include_usage, ignore_eos and sampling extras), parsed by vLLM's own
+    reader. Against the real graph: tests/test_openai_clients_e2e.py."""
+    from vllm.benchmarks.lib.endpoint_request_func import RequestFuncInput, async_request_openai_chat_completions
+
+    async def main():
+        transport = httpx.ASGITransport(app=create_app(fake_service()))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
+            session = _AsgiSession(client)
+            outputs = [await async_request_openai_chat_completions(RequestFuncInput(
+                prompt="I feel stuck at work.", api_url=f"http://test{C}", prompt_len=5, output_len=12, model="fake",
+                ignore_eos=True, extra_body={"temperature": 0.7, "top_k": 40, "frequency_penalty": 0.5}), session)
+                for _ in range(3)]
+        return session.bodies, outputs
+    bodies, outputs = asyncio.run(main())
+    assert bodies[0]["messages"][0]["content"] == [{"type": "text", "text": "I feel stuck at work."}]
+    assert bodies[0]["stream_options"] == {"include_usage": True} and bodies[0]["max_completion_tokens"] == 12
+    for out in outputs:
+        assert out.success, out.error
+        assert out.output_tokens == 12 and out.generated_text and out.ttft > 0
