@@ -10,7 +10,7 @@ RUN := $(BIN)/python -m rrr_ray.env
 install:
 	@bash scripts/install.sh
 
-serve: install ## install if needed, then serve the embedded model on 127.0.0.1:8000
+serve: install ## install if needed, then serve the default model on 127.0.0.1:8000
 	@$(RUN) $(BIN)/python -m rrr_ray.serving.ports serve_config.yaml
 	$(RUN) $(BIN)/serve run serve_config.yaml
 

@@ -1,5 +1,5 @@
 """Measure the served default against its base and the seed's curated replies; print the figures and
-write them as JSON (what the model card and the README quote).
+write them as JSON (what the model card and docs/model.md quote).
 
     python -m jobs.report_default_model [--samples 3 --temperature 0.7 --output out/default_model/report.json]
 
