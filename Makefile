@@ -10,7 +10,7 @@ RUN := $(BIN)/python -m rrr_ray.env
 install:
 	@bash scripts/install.sh
 
-serve: install ## install if needed, then serve the embedded model on 127.0.0.1:8000
+serve: install ## install if needed, then serve the default model on 127.0.0.1:8000
 	@$(RUN) $(BIN)/python -m rrr_ray.serving.ports serve_config.yaml
 	$(RUN) $(BIN)/serve run serve_config.yaml
 
@@ -29,7 +29,7 @@ model-report: install ## measure the default against its base and the seed: form
 	$(RUN) $(BIN)/python -m jobs.report_default_model --speed --output models/rrr-smollm2-lora/report.json
 
 model-tiny: install ## rebuild the rrr-tiny test models from scratch (base + fine-tunes, models/rrr-tiny*)
-	$(RUN) $(BIN)/python -m jobs.build_embedded_model
+	$(RUN) $(BIN)/python -m jobs.build_tiny_model
 
 benchmark: install ## the evaluation (50 prompts; tuned vs base; unguided, guided, healed) against a running `make serve`
 	$(RUN) $(BIN)/python -m jobs.benchmark --endpoint http://127.0.0.1:8000 --models rrr-smollm2,smollm2-135m-instruct \

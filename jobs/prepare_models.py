@@ -27,8 +27,8 @@ def main(argv=None) -> int:
     p.add_argument("--models-dir", default="models", help="where the model folders live (default: models)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from rrr_ray.training.pretrained import (ADAPTER_NAME, MERGED_NAME, BaseModelError, ensure_base_model,
-                                             ensure_merged_model)
+    from rrr_ray.model_names import ADAPTER_NAME, MERGED_NAME
+    from rrr_ray.training.pretrained import BaseModelError, ensure_base_model, ensure_merged_model
 
     models = Path(args.models_dir)
     try:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from rrr_ray import StreamValidator, repair, validate
 from rrr_ray.data.records import read_dialogues
+from rrr_ray.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 _PIECES = re.compile(r"\s?\w+|\s+|[^\w\s]")
 
 

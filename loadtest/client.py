@@ -17,8 +17,8 @@ import aiohttp
 import httpx
 
 from loadtest.metrics import RequestRecord, StreamReader, StreamTracker
+from rrr_ray.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PROMPTS = Path(__file__).resolve().parent / "prompts.txt"
 
 

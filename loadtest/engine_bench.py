@@ -2,6 +2,8 @@
 
     python -m loadtest.engine_bench --model models/rrr-tiny --concurrency 1,4,16 --out records.json
 
+``--out`` gets, per level, the records and their :func:`~loadtest.metrics.summarize` (``summary``).
+
 Same prompts (chat template applied by the model's tokenizer), same closed-loop concurrency, same
 :class:`~loadtest.metrics.RequestRecord` as the HTTP clients; each engine output (a delta of one or
 more tokens) counts as one chunk.
@@ -209,6 +211,10 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         engine.shutdown()
         del engine
+    from loadtest.metrics import RequestRecord, summarize
+
+    for level in results.values():  # each level's figures beside its records, for readers without loadtest
+        level["summary"] = summarize([RequestRecord.from_dict(r) for r in level["records"]], level["wall_s"])
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump({"startup_s": startup, "engine_args": {**DEFAULT_ENGINE_ARGS, **parse_engine_args(args.engine_arg)},
                    "levels": results}, f)

@@ -22,7 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from rrr_ray.paths import REPO
+
 
 
 def _free_port() -> int:

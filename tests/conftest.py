@@ -24,7 +24,8 @@ FAKE_MODEL = {
 def default_base_with_lora() -> dict:
     """The default model's base with the committed RRR adapter served unmerged, by name (vLLM LoRA),
     in a model deployment of its own bound to CPU 1 (the rrr-tiny engines are on CPU 0)."""
-    from rrr_ray.training.pretrained import ADAPTER_NAME, SMOLLM2_135M
+    from rrr_ray.model_names import ADAPTER_NAME
+    from rrr_ray.training.pretrained import SMOLLM2_135M
 
     return {"name": SMOLLM2_135M.name, "path": f"models/{SMOLLM2_135M.name}",
             "description": "the default model's base, with the RRR adapter by name",

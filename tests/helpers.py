@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 from typing import AsyncIterator, Iterable, TypeVar
 
 from rrr_ray.data.records import read_dialogues
+from rrr_ray.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 SEED_DIR = REPO / "data" / "seed"
 T = TypeVar("T")
 

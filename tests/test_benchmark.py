@@ -257,7 +257,8 @@ def test_unreachable_endpoint_and_unknown_model_are_one_line_errors(tmp_path, ca
 def test_benchmark_of_the_served_default_against_its_base(serve_url, tmp_path):
     """A small benchmark through rrr-ray's HTTP API: the RRR adapter against its base, guided and
     not, no judge (scores "not measured"); the rerun generates nothing."""
-    from rrr_ray.training.pretrained import ADAPTER_NAME, SMOLLM2_135M
+    from rrr_ray.model_names import ADAPTER_NAME
+    from rrr_ray.training.pretrained import SMOLLM2_135M
 
     out = tmp_path / "bench"
     argv = ["--endpoint", serve_url, "--models", f"{ADAPTER_NAME},{SMOLLM2_135M.name}", "--output", str(out),

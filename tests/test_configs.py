@@ -28,7 +28,8 @@ def test_serve_configs_validate_and_build_a_graph(name):
                                           ("serve_config.single.yaml", "rrr-smollm2"),
                                           ("serve_config.tiny.yaml", "rrr-tiny")])
 def test_cpu_configs_serve_the_fine_tuned_model_on_loopback_with_fractional_cpus(name, default):
-    from rrr_ray.training.pretrained import MERGED_NAME, SMOLLM2_135M
+    from rrr_ray.model_names import MERGED_NAME
+    from rrr_ray.training.pretrained import SMOLLM2_135M
 
     config = yaml.safe_load((REPO / name).read_text())
     assert config["http_options"]["host"] == "127.0.0.1"

@@ -13,7 +13,8 @@ import pytest
 from rrr_ray import validate
 from rrr_ray.format.spec import SYSTEM_PROMPT
 from rrr_ray.training import pretrained
-from rrr_ray.training.pretrained import ADAPTER_NAME, MERGED_NAME, SMOLLM2_135M
+from rrr_ray.model_names import ADAPTER_NAME, MERGED_NAME
+from rrr_ray.training.pretrained import SMOLLM2_135M
 from tests.helpers import REPO
 
 MODELS = REPO / "models"

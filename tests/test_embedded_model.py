@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-MODELS = REPO / "models"
+from rrr_ray.paths import MODELS, REPO
+
 FOLDERS = ["rrr-tiny", "rrr-tiny-base"]
 ENV = dict(os.environ)  # with rrr_ray.env's CPU-node settings (conftest)
 

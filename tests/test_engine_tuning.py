@@ -7,15 +7,14 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from rrr_ray.serving.config import EngineConfig, load_app_env
 from rrr_ray.serving.vllm_compat import busy_loop
 from rrr_ray.serving.vllm_compat.niceness import set_child_niceness
+from rrr_ray.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("raw, expected", [("", None), ("0.001", 0.001), ("0", 0.0), ("-1", None), ("soon", None)])

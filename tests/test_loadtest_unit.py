@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from loadtest import metrics as M
-from loadtest.compare import check_targets, median_round, ratios, seed_server, table
+from loadtest.compare.report import check_targets, median_round, ratios, table
+from loadtest.compare.systems import seed_server
 from loadtest.run import check_host, locust_counts, parse_duration
 from tests.helpers import REPO, seed_replies
 
@@ -204,7 +205,8 @@ def test_compare_keeps_the_median_round_and_never_rounds_up():
 
 
 def test_compare_gives_the_graph_either_shape_of_the_same_config():
-    from loadtest.compare import graph_args, main
+    from loadtest.compare.main import main
+    from rrr_ray.serving.derived import graph_args
     from rrr_ray.serving.config import AppArgs
 
     own = graph_args("models/rrr-tiny")
@@ -218,7 +220,7 @@ def test_compare_gives_the_graph_either_shape_of_the_same_config():
 
 
 def test_multiturn_bench_serves_the_model_with_and_without_prefix_caching_and_reports_the_last_turn():
-    from loadtest.bench_multiturn import graph_with_and_without_cache, report
+    from loadtest.investigations.bench_multiturn import graph_with_and_without_cache, report
     from rrr_ray.serving.config import AppArgs
 
     app, on, off = graph_with_and_without_cache("models/rrr-tiny", None)
@@ -239,7 +241,7 @@ def test_multiturn_bench_serves_the_model_with_and_without_prefix_caching_and_re
 
 
 def test_generation_bench_reports_the_median_round_of_its_speed_ups():
-    from loadtest.bench_generation import median_round as gen_median, speedups
+    from loadtest.investigations.bench_generation import median_round as gen_median, speedups
 
     def round_(c1, c8):
         return [{"concurrency": 1, "dialogues_per_minute": c1}, {"concurrency": 8, "dialogues_per_minute": c8}]
@@ -386,7 +388,7 @@ for line in sys.stdin:
 
 
 def _engine_process(tmp_path, mode, timeout=30.0):
-    from loadtest.compare import EngineProcess
+    from loadtest.compare.systems import EngineProcess
 
     script = tmp_path / "fake_bench.py"
     script.write_text(FAKE_ENGINE_BENCH)
@@ -420,7 +422,7 @@ def test_compare_reports_an_engine_benchmark_that_dies_or_hangs(tmp_path):
 
 
 def test_compare_measures_steady_state_levels_and_keeps_the_seed_server_short():
-    from loadtest.compare import requests_for, seed_requests_for
+    from loadtest.compare.measure import requests_for, seed_requests_for
 
     assert [requests_for(c, None) for c in (1, 4, 16)] == [96, 160, 640]
     assert requests_for(16, 32) == 32
@@ -428,7 +430,7 @@ def test_compare_measures_steady_state_levels_and_keeps_the_seed_server_short():
 
 
 def test_cpu_share_names_the_process_that_burns_cpu_and_refuses_a_bad_window(tmp_path):
-    from loadtest.cpu_share import cpu_share
+    from loadtest.investigations.cpu_share import cpu_share
 
     busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 5\nwhile time.time() < end: pass"])
     try:
@@ -440,20 +442,20 @@ def test_cpu_share_names_the_process_that_burns_cpu_and_refuses_a_bad_window(tmp
     assert row["percent_of_one_core"] > 30 and "while time.time()" in row["command"]
     assert row["nice"] is not None and row["cpus"]
     assert report["total_percent_of_one_core"] >= row["percent_of_one_core"]
-    bad = subprocess.run([sys.executable, "-m", "loadtest.cpu_share", "--seconds", "0"], cwd=REPO,
+    bad = subprocess.run([sys.executable, "-m", "loadtest.investigations.cpu_share", "--seconds", "0"], cwd=REPO,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--seconds must be positive" in bad.stderr
 
 
 def test_bench_grammar_walks_a_reply_under_both_regexes_and_refuses_a_folder_without_a_tokenizer(tmp_path):
-    from loadtest.bench_grammar import main
+    from loadtest.investigations.bench_grammar import main
 
     assert main(["--model", str(REPO / "models" / "rrr-tiny"), "--repeats", "1", "--output", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "bench_grammar.json").read_text())
     assert set(report["results"]) == {"capped", "uncapped"} and report["reply_tokens"] > 50
     for row in report["results"].values():
         assert row["compile_ms"] > 0 and row["fill_mean_us"] > 0 and row["accept_mean_us"] > 0
-    bad = subprocess.run([sys.executable, "-m", "loadtest.bench_grammar", "--model", str(tmp_path), "--output",
+    bad = subprocess.run([sys.executable, "-m", "loadtest.investigations.bench_grammar", "--model", str(tmp_path), "--output",
                           str(tmp_path)], cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and "no tokenizer here" in bad.stderr
 
@@ -461,7 +463,7 @@ def test_bench_grammar_walks_a_reply_under_both_regexes_and_refuses_a_folder_wit
 # -- graph variants and the hop benchmark -----------------------------------------------------------
 
 def test_a_variant_is_a_name_and_a_json_object_of_args_and_env():
-    from loadtest.bench_variants import merged, parse_variant
+    from loadtest.investigations.bench_variants import merged, parse_variant
 
     assert parse_variant('b50={"args": {"max_hop_messages_per_s": 50}}') == \
         ("b50", {"args": {"max_hop_messages_per_s": 50}})
@@ -478,7 +480,7 @@ def test_a_variant_is_a_name_and_a_json_object_of_args_and_env():
 def test_every_variant_is_an_application_of_one_serve_config():
     from argparse import Namespace
 
-    from loadtest.bench_variants import serve_config
+    from loadtest.investigations.bench_variants import serve_config
 
     args = Namespace(model="models/rrr-tiny", config=None, placement="deployment")
     config = serve_config({"a": {}, "b": {"args": {"max_hop_messages_per_s": 50}, "env": {"X": 1}}}, args, 8123)
@@ -492,7 +494,7 @@ def test_every_variant_is_an_application_of_one_serve_config():
 
 
 def test_the_hop_benchmark_fits_a_cost_per_call_and_per_message():
-    from loadtest.bench_hop import fit
+    from loadtest.investigations.bench_hop import fit
 
     levels = [{"items": n, "ms": 0.9 + 0.05 * n} for n in (1, 2, 5, 20)]
     assert fit(levels, "ms") == {"ms_per_call": 0.9, "ms_per_message": 0.05}

@@ -11,8 +11,8 @@ import pytest
 from rrr_ray import validate
 from rrr_ray.data.records import DialogueRecord
 from rrr_ray.format.chatml import IM_END, IM_START, render_chatml
+from rrr_ray.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SEED = [REPO / "data/seed/seed_dialogues.json", REPO / "data/seed/curated_seed_dialogues"]
 
 REPLY = "<react>*nods slowly*</react>\n<respond>That sounds hard.</respond>\n<reflect>They need room.</reflect>"
@@ -152,7 +152,7 @@ def test_train_lora_options_come_from_the_config():
 
 
 def test_measure_compliance_counts_strictly():
-    from rrr_ray.training.compliance import measure_compliance
+    from rrr_ray.evaluation.compliance import measure_compliance
 
     replies = {"a": REPLY, "b": "just words", "c": REPLY.replace("</respond>", "")}
     res = measure_compliance(lambda ps: [replies[p] for p in ps],
@@ -169,9 +169,24 @@ def test_measure_compliance_counts_strictly():
         measure_compliance(lambda ps: [], ["x"])
 
 
+def test_compliance_is_scored_in_one_place_for_generated_and_given_replies():
+    from rrr_ray.evaluation.compliance import measure_compliance, reply_compliance, score_replies
+
+    assert reply_compliance(REPLY) == (True, [])
+    ok, codes = reply_compliance("just words")
+    assert not ok and "missing_tag" in codes and codes == sorted(set(codes))
+    prompts = [{"id": "1", "category": "general", "prompt": "a"}, {"id": "2", "category": "general", "prompt": "b"}]
+    replies = {"a": REPLY, "b": "just words"}
+    given = score_replies(prompts, [replies["a"], replies["b"]])
+    assert given == measure_compliance(lambda ps: [replies[p] for p in ps], prompts)
+    assert given["compliance"] == 0.5 and given["prompts"] == 2
+    with pytest.raises(ValueError, match="1 replies for 2 prompts"):
+        score_replies(prompts, [REPLY])
+
+
 def test_eval_prompts_file_is_held_out():
     from rrr_ray.data.convert import load_records
-    from rrr_ray.training.compliance import CATEGORIES, load_prompts
+    from rrr_ray.data.prompts import CATEGORIES, load_prompts
 
     prompts = load_prompts(REPO / "data/eval_prompts.jsonl")
     assert len(prompts) >= 40 and len({p["id"] for p in prompts}) == len(prompts)
@@ -305,7 +320,7 @@ def test_job_clis_reject_bad_input(tmp_path):
                   "--output-dir", str(tmp_path / "o")]):
         r = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and "error:" in r.stderr, r.stderr[-500:]
-    r = subprocess.run([sys.executable, "-m", "jobs.build_embedded_model", "--help"], cwd=REPO,
+    r = subprocess.run([sys.executable, "-m", "jobs.build_tiny_model", "--help"], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "usage" in r.stdout
 
@@ -343,7 +358,7 @@ def test_unsloth_backend_refused_without_cuda():
      "--lr: Input should be greater than 0"),
     ("jobs.build_base_model", ["--output-dir", "out/x", "--vocab-size", "0"],
      "--vocab-size: Input should be greater than or equal to 300"),
-    ("jobs.build_embedded_model", ["--models-dir", "out/x", "--lora-r", "0"],
+    ("jobs.build_tiny_model", ["--models-dir", "out/x", "--lora-r", "0"],
      "--lora-r: Input should be greater than or equal to 1"),
 ])
 def test_a_value_the_config_refuses_is_a_one_line_error(job, argv, message):

@@ -125,7 +125,8 @@ def _score(cfg: BenchmarkConfig, gens: list[Generation], prompts: list[dict[str,
     """Every generation scored: compliance, timings, text metrics at both levels, judge."""
     from rrr_ray.evaluation.embeddings import BERTSCORE_LAYER, MINILM_NAME, MiniLMMissing, minilm_path
     from rrr_ray.evaluation.references import find_references
-    from rrr_ray.evaluation.scoring import LEVELS, compliance, level_texts, text_metrics
+    from rrr_ray.evaluation.compliance import reply_compliance
+    from rrr_ray.evaluation.scoring import LEVELS, level_texts, text_metrics
     from rrr_ray.evaluation.wordnet import WordNetMissing, wordnet_reader
 
     refs = find_references(prompts, cfg.data)
@@ -138,7 +139,7 @@ def _score(cfg: BenchmarkConfig, gens: list[Generation], prompts: list[dict[str,
                         error=g.error, reference=refs[t.prompt_id], output_tokens=g.output_tokens,
                         finish_reason=g.finish_reason, heal_report=g.heal_report)
         if g.ok:
-            it.valid, it.error_codes = compliance(g.reply or "")
+            it.valid, it.error_codes = reply_compliance(g.reply or "")
             it.timings = {"response_time_s": g.total_s, "ttft_s": g.ttft_s, "tokens_per_second": g.tokens_per_second}
         items.append(it)
     scored = [it for it in items if it.error is None]

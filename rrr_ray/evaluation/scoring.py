@@ -1,4 +1,4 @@
-"""Per-reply scores: format compliance (strict: the raw reply, no repair), and the reference
+"""Per-reply scores against the references (format compliance is ``evaluation.compliance``): the reference
 metrics through ``evaluate`` and the local modules of ``metric_modules/``, at two levels:
 
 - ``respond``: what the reply says (its respond section, or the untagged text of a reply without
@@ -14,7 +14,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
-from rrr_ray.format import validate
 from rrr_ray.format.spoken import spoken_reply
 
 log = logging.getLogger(__name__)
@@ -31,12 +30,6 @@ def load_module(name: str) -> Any:
     import evaluate
 
     return evaluate.load(str(MODULES / name))
-
-
-def compliance(reply: str) -> tuple[bool, list[str]]:
-    """Whether a reply is valid RRR as it is, and its error codes."""
-    v = validate(reply)
-    return v.valid, sorted({e.code for e in v.errors})
 
 
 def level_texts(reply: str, level: str) -> str:

@@ -10,10 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from rrr_ray.data.convert import load_records
+from rrr_ray.data.convert import DEFAULT_SEED_PATHS, load_records
 from rrr_ray.format.chatml import render_chatml
-from rrr_ray.training.data import (DEFAULT_SEED_PATHS, section_documents, tagged_records, tokenized_dataset,
-                                   untagged_records)
+from rrr_ray.training.data import section_documents, tagged_records, tokenized_dataset, untagged_records
 from rrr_ray.training.loop import LoopConfig, train_causal_lm
 from rrr_ray.training.modeling import TinyModelConfig, build_mistral, count_parameters, save_model_folder
 from rrr_ray.training.tokenizer import train_tokenizer

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rrr_ray.evaluation.compliance import reply_compliance
 from rrr_ray.format.chatml import IM_END, IM_START
 from rrr_ray.training.tokenizer import PAD_TOKEN
 
@@ -113,7 +114,7 @@ def default_model_card(training: dict[str, Any], report: dict[str, Any]) -> str:
     s = coh["seed_curated"]
     rows.append(f"| seed curated replies | | | | {s['median_perplexity']:.1f} | {s['distinct_bigram_ratio']:.3f} |")
     cats = " | ".join(f"{k} {_pct(v)}" for k, v in c["tuned"]["by_category"].items())
-    example = next((e for e in report["examples"]["tuned"] if validate_reply(e["reply"])),
+    example = next((e for e in report["examples"]["tuned"] if reply_compliance(e["reply"])[0]),
                    report["examples"]["tuned"][0])
     speed = f"\n## Speed on this CPU (2 cores, float32, enforce_eager)\n{_speed_rows(report['speed'])}\n" \
         if "speed" in report else ""
@@ -163,9 +164,3 @@ Unguided by category: {cats}. Perplexity against the seed's curated replies:
 merges it (`python -m jobs.prepare_models`) and measures it (`python -m jobs.report_default_model
 --speed`, which writes `report.json` and this card).
 """
-
-
-def validate_reply(text: str) -> bool:
-    from rrr_ray.format import validate
-
-    return validate(text).valid

@@ -12,7 +12,6 @@ import logging
 import random
 from typing import Any, Iterable, Sequence
 
-from rrr_ray.data.convert import DEFAULT_SEED_PATHS  # noqa: F401 (re-exported)
 from rrr_ray.data.records import DialogueRecord
 from rrr_ray.format import repair, validate
 from rrr_ray.format.chatml import IM_END, chatml_pieces, turn_start, with_default_system

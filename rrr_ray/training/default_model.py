@@ -17,8 +17,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from rrr_ray.training.data import DEFAULT_SEED_PATHS
-from rrr_ray.training.pretrained import ADAPTER_NAME, SMOLLM2_135M
+from rrr_ray.data.convert import DEFAULT_SEED_PATHS
+from rrr_ray.model_names import ADAPTER_NAME
+from rrr_ray.training.pretrained import SMOLLM2_135M
 
 log = logging.getLogger(__name__)
 

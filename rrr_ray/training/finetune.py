@@ -1,5 +1,5 @@
 """One fine-tune from start to report: Ray Train run, best checkpoint exported, held-out compliance
-of the result against its base. ``jobs.train_lora`` and ``jobs.build_embedded_model`` call it."""
+of the result against its base. ``jobs.train_lora`` and ``jobs.build_tiny_model`` call it."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def _init_ray(num_workers: int, num_cpus: Optional[int]) -> bool:
 
 def _compliance_report(cfg: SFTJobConfig, exported: Path) -> dict[str, Any]:
     """Compliance of the exported adapter (or model) and of its base on ``cfg.eval_prompts``."""
-    from rrr_ray.training.compliance import load_prompts
+    from rrr_ray.data.prompts import load_prompts
     from rrr_ray.training.merge import evaluate_folder
 
     prompts = load_prompts(cfg.eval_prompts)

@@ -72,7 +72,7 @@ def evaluate_folder(model_dir: str | Path, prompts, adapter_dir: str | Path | No
                     samples_per_prompt: int = 3, temperature: float = 0.7, max_new_tokens: int = 256,
                     seed: int = 0) -> dict[str, Any]:
     """Format compliance of a saved model (optionally with an unmerged adapter) on ``prompts``."""
-    from rrr_ray.training.compliance import hf_generate_fn, measure_compliance
+    from rrr_ray.evaluation.compliance import hf_generate_fn, measure_compliance
 
     model, tokenizer = load_causal_lm(model_dir, adapter_dir)
     fn = hf_generate_fn(model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)

@@ -57,10 +57,6 @@ SMOLLM2_135M = GGUFSource(
 """The embedded default base model."""
 
 SOURCE_FILE = "source.json"
-ADAPTER_NAME = "rrr-smollm2-lora"
-"""The committed RRR LoRA adapter for :data:`SMOLLM2_135M` (``jobs.train_default_model`` trains it)."""
-MERGED_NAME = "rrr-smollm2"
-"""The base with the adapter merged (``jobs.prepare_models``): the model ``make serve`` serves."""
 
 
 def gguf_path(source: GGUFSource) -> Path:

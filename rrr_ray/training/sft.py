@@ -16,8 +16,9 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, Field
 
-from rrr_ray.training.compliance import DEFAULT_EVAL_PROMPTS
-from rrr_ray.training.data import DEFAULT_SEED_PATHS
+from rrr_ray.data.convert import DEFAULT_SEED_PATHS
+from rrr_ray.data.prompts import DEFAULT_EVAL_PROMPTS
+
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def _datasets(cfg: SFTJobConfig, tokenizer):
 def _compliance_callback(cfg: SFTJobConfig, tokenizer, prompts):
     from transformers import TrainerCallback
 
-    from rrr_ray.training.compliance import hf_generate_fn, measure_compliance
+    from rrr_ray.evaluation.compliance import hf_generate_fn, measure_compliance
 
     class ComplianceCallback(TrainerCallback):
         """On each save, measure format compliance on validation prompts (rank 0) and add it to the

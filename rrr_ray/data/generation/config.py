@@ -9,7 +9,7 @@ from typing import Literal, Optional
 from pydantic import BaseModel, Field, field_validator
 
 from rrr_ray.data.generation.topics import TOPICS
-from rrr_ray.training.pretrained import MERGED_NAME
+from rrr_ray.model_names import MERGED_NAME
 
 DEFAULT_EXAMPLES = Path("data/seed/curated_seed_dialogues")  # relative to the working directory (the checkout)
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"

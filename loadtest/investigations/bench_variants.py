@@ -1,6 +1,6 @@
 """Graph variants side by side in one run: the measurement behind each serving change.
 
-    python -m loadtest.bench_variants --variant 'r200={}' \\
+    python -m loadtest.investigations.bench_variants --variant 'r200={}' \\
         --variant 'r100={"args": {"max_hop_messages_per_s": 100}}' --concurrency 16 --rounds 4 --output out/variants
 
 Every variant is the graph of ``--config`` (default serve_config.tiny.yaml: rrr-tiny, every stage in
@@ -37,10 +37,11 @@ import psutil
 import yaml
 
 from loadtest.client import wait_healthy
-from loadtest.compare import graph_args, graph_env, measure_http_level
-from loadtest.cpu_share import cpu_seconds
+from loadtest.compare.measure import measure_http_level
+from loadtest.investigations.cpu_share import cpu_seconds
+from rrr_ray.paths import REPO
+from rrr_ray.serving.derived import graph_args, graph_env
 
-REPO = Path(__file__).resolve().parent.parent
 STAGES = ("RRRIngress", "RRRPostProcessor", "RRRModel")
 """The deployments whose replicas' CPU is read (``ray::ServeReplica:<variant>:<deployment>...``)."""
 
@@ -153,7 +154,7 @@ def stop(proc: subprocess.Popen, tree: list[Any]) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m loadtest.bench_variants", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m loadtest.investigations.bench_variants", description=__doc__.split("\n\n")[0])
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON", help="a variant (two or more)")
     ap.add_argument("--config", default=None, help="the serve config the variants start from (default serve_config.tiny.yaml)")
     ap.add_argument("--model", default="models/rrr-tiny", help="the config's first model, pointed here (the only one served)")

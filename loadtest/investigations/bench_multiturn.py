@@ -1,6 +1,6 @@
 """Multi-turn TTFT through the graph, with and without vLLM's prefix caching.
 
-    python -m loadtest.bench_multiturn --model models/rrr-smollm2 --config serve_config.yaml --output out/bench
+    python -m loadtest.investigations.bench_multiturn --model models/rrr-smollm2 --config serve_config.yaml --output out/bench
 
 The graph (``--config``'s shape, its first model pointed at ``--model``) serves the model twice:
 under its own name with prefix caching (vLLM's default) and as ``<name>-no-prefix-cache`` with
@@ -34,7 +34,7 @@ NO_CACHE_SUFFIX = "-no-prefix-cache"
 
 def graph_with_and_without_cache(model: str, config: Optional[str]) -> tuple[dict[str, Any], str, str]:
     """The app args serving ``model`` twice (prefix caching on, off); the two served names."""
-    from loadtest.compare import graph_args
+    from rrr_ray.serving.derived import graph_args
 
     app = graph_args(model, config)
     cached = dict(app["models"][0])
@@ -134,7 +134,7 @@ def report(results: dict[str, list[list[dict[str, Any]]]], cached: str, uncached
 def main(argv: list[str] | None = None) -> int:
     from loadtest.client import load_prompts
 
-    ap = argparse.ArgumentParser(prog="python -m loadtest.bench_multiturn", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m loadtest.investigations.bench_multiturn", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="models/rrr-smollm2")
     ap.add_argument("--config", default="serve_config.yaml", help="serve config whose first model's settings and shape are used")
     ap.add_argument("--conversations", type=int, default=12)
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model = str(Path(args.model).resolve())
     from deployments.launch import start_graph, stop_graph
-    from loadtest.compare import graph_env
+    from rrr_ray.serving.derived import graph_env
 
     app, cached, uncached = graph_with_and_without_cache(model, args.config)
     prompts = load_prompts(args.prompts)
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_graph()
     out = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": round(time.time() - started, 1),
-           "command": "python -m loadtest.bench_multiturn " + " ".join(sys.argv[1:] if argv is None else argv),
+           "command": "python -m loadtest.investigations.bench_multiturn " + " ".join(sys.argv[1:] if argv is None else argv),
            "model": model, "config": args.config, "conversations_per_model": args.conversations,
            "max_tokens": args.max_tokens, **report(results, cached, uncached, args.turns)}
     args.output.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """What seeded requests cost on a CPU engine, with each fix for the chunked-prefill crash.
 
-    python -m loadtest.bench_seeded --rounds 3 --output out/bench-seeded
+    python -m loadtest.investigations.bench_seeded --rounds 3 --output out/bench-seeded
 
 Two vLLM ``AsyncLLM`` engines with the graph's engine settings (serve_config.tiny.yaml's first model),
 up together and measured in paired rounds, each level back to back on both:
@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.client import load_prompts
-from loadtest.compare import REPO, EngineProcess, engine_args_from_graph, graph_args, graph_env
+from loadtest.compare.systems import EngineProcess, engine_args_from_graph
 from loadtest.engine_bench import requests_for
+from rrr_ray.paths import REPO
+from rrr_ray.serving.derived import graph_args, graph_env
 
 SEEDED_PLUGIN = "rrr_ray_seeded_sampling"
 OTHER_PLUGINS = "rrr_ray_engine_wait"  # what the no-chunking engine loads instead of all of rrr-ray's

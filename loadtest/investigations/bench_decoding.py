@@ -2,7 +2,7 @@
 (``heal: false``, the model's own text), guided (``guided: true``, every token under the format's
 grammar) and healed (``heal: true``: free text, repaired only where it breaks).
 
-    python -m loadtest.bench_decoding --url http://127.0.0.1:8000 --model rrr-smollm2 \\
+    python -m loadtest.investigations.bench_decoding --url http://127.0.0.1:8000 --model rrr-smollm2 \\
         --concurrency 16 --rounds 3 --output out/bench_decoding
 
 Each round runs every mode once on the same prompts (data/eval_prompts.jsonl, in a rotated mode
@@ -85,7 +85,7 @@ async def run_mode(base_url: str, model: str, mode: str, prompts: list[str], con
 def main(argv: list[str] | None = None) -> int:
     from rrr_ray.data.prompts import DEFAULT_EVAL_PROMPTS, load_prompts
 
-    p = argparse.ArgumentParser(prog="python -m loadtest.bench_decoding", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m loadtest.investigations.bench_decoding", description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--model", default=None, help="served model (default: the graph's first)")
     p.add_argument("--concurrency", type=int, default=16)
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     base = modes[0]
     ratios = {m: [rd["modes"][m]["tokens_per_s"] / rd["modes"][base]["tokens_per_s"] for rd in rounds]
               for m in modes[1:]}
-    summary = {"created": time.strftime("%Y-%m-%d"), "command": "python -m loadtest.bench_decoding " + " ".join(
+    summary = {"created": time.strftime("%Y-%m-%d"), "command": "python -m loadtest.investigations.bench_decoding " + " ".join(
         sys.argv[1:] if argv is None else argv), "model": args.model, "concurrency": args.concurrency,
         "prompts": len(prompts), "max_tokens": args.max_tokens,
         "median": {m: {"tokens_per_s": statistics.median(rd["modes"][m]["tokens_per_s"] for rd in rounds),

@@ -1,6 +1,6 @@
 """What one Ray Serve hop costs: CPU per streaming handle call and per streamed message.
 
-    python -m loadtest.bench_hop --items 1,2,5,20 --calls 2000 --concurrency 16 --output out/bench-hop
+    python -m loadtest.investigations.bench_hop --items 1,2,5,20 --calls 2000 --concurrency 16 --output out/bench-hop
 
 Two deployments on a local Ray, nothing else running: ``Caller`` makes ``--calls`` streaming handle
 calls to ``Callee`` (``--concurrency`` at once), each carrying the graph's own request
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadtest.cpu_share import cpu_seconds
+from loadtest.investigations.cpu_share import cpu_seconds
 from rrr_ray.env import apply_cpu_node_env
 
 DEPLOYMENT_OPTIONS = {"ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 256}

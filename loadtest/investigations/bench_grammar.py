@@ -1,6 +1,6 @@
 """What guided decoding's grammar costs per token, with and without the sections' length caps.
 
-    python -m loadtest.bench_grammar --model models/rrr-smollm2 --output out/bench_grammar
+    python -m loadtest.investigations.bench_grammar --model models/rrr-smollm2 --output out/bench_grammar
 
 Compiles ``guided_regex(bounded=True)`` and ``guided_regex(bounded=False)`` with xgrammar (the
 backend vLLM uses), then walks a valid reply token by token as the engine does: fill the next

@@ -1,8 +1,10 @@
-"""RRR format compliance of a model's replies (the seed's ``validate_generations``, as JSON).
+"""RRR format compliance of a model's replies: the one place that scores it (training's in-loop
+measurement, the default model's report and the benchmark all call it).
 
-``measure_compliance(generate_fn, prompts)`` works with any backend: ``generate_fn`` takes a list
-of user prompts and returns one reply per prompt (plain reply text, or ChatML-wrapped output).
-The strict rule is :func:`rrr_ray.validate` on the raw reply, with no repair.
+The strict rule is :func:`rrr_ray.validate` on the raw reply, with no repair
+(:func:`reply_compliance`). :func:`score_replies` summarises replies already generated;
+:func:`measure_compliance` generates them first through any backend: ``generate_fn`` takes a list of
+user prompts and returns one reply per prompt (plain reply text, or ChatML-wrapped output).
 """
 
 from __future__ import annotations
@@ -11,12 +13,17 @@ import logging
 from collections import Counter, defaultdict
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from rrr_ray.data.prompts import CATEGORIES, DEFAULT_EVAL_PROMPTS, load_prompts  # noqa: F401 (re-exported)
 from rrr_ray.format import extract_assistant_reply, repair, validate
 
 log = logging.getLogger(__name__)
 
 GenerateFn = Callable[[list[str]], list[str]]
+
+
+def reply_compliance(reply: str) -> tuple[bool, list[str]]:
+    """Whether a reply is valid RRR as it is (strict: no repair), and its error codes, sorted."""
+    v = validate(reply)
+    return v.valid, sorted(set(v.error_codes))
 
 
 def _as_prompt_dicts(prompts: Iterable[str | Mapping[str, str]]) -> list[dict[str, str]]:
@@ -29,34 +36,33 @@ def _as_prompt_dicts(prompts: Iterable[str | Mapping[str, str]]) -> list[dict[st
     return out
 
 
-def measure_compliance(generate_fn: GenerateFn, prompts: Sequence[str | Mapping[str, str]],
-                       samples_per_prompt: int = 1, keep_examples: int = 3) -> dict[str, Any]:
-    """Generate ``samples_per_prompt`` replies per prompt and report format compliance.
+def score_replies(prompts: Sequence[str | Mapping[str, str]], replies: Sequence[str], samples_per_prompt: int = 1,
+                  keep_examples: int = 3) -> dict[str, Any]:
+    """Format compliance of ``replies``, one per entry of ``prompts`` (a prompt string, or a dict with
+    ``prompt`` and optionally ``id`` and ``category``).
 
     Returns ``{"compliance", "repaired_compliance", "n", "valid", "by_category", "errors",
     "examples"}``: ``compliance`` is the strict share of replies that validate as they are,
     ``repaired_compliance`` the share valid after :func:`rrr_ray.repair`, ``errors`` counts the
     error codes, ``examples`` holds a few replies of each verdict."""
-    items = _as_prompt_dicts(prompts)
-    if not items:
+    batch = _as_prompt_dicts(prompts)
+    if not batch:
         raise ValueError("no prompts to measure compliance on")
-    batch = [p for p in items for _ in range(samples_per_prompt)]
-    replies = generate_fn([p["prompt"] for p in batch])
     if len(replies) != len(batch):
-        raise ValueError(f"generate_fn returned {len(replies)} replies for {len(batch)} prompts")
+        raise ValueError(f"{len(replies)} replies for {len(batch)} prompts")
     valid = repaired_valid = 0
     errors: Counter[str] = Counter()
     per_cat: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     examples: dict[str, list[dict[str, str]]] = {"valid": [], "invalid": []}
     for p, raw in zip(batch, replies):
         reply = extract_assistant_reply(raw)
-        v = validate(reply)
+        ok, codes = reply_compliance(reply)
         repaired_valid += repair(reply)[1].valid_after
-        valid += v.valid
-        per_cat[p["category"]][0] += v.valid
+        valid += ok
+        per_cat[p["category"]][0] += ok
         per_cat[p["category"]][1] += 1
-        errors.update(set(v.error_codes))
-        bucket = examples["valid" if v.valid else "invalid"]
+        errors.update(codes)
+        bucket = examples["valid" if ok else "invalid"]
         if len(bucket) < keep_examples:
             bucket.append({"prompt": p["prompt"], "reply": reply})
     n = len(batch)
@@ -65,12 +71,25 @@ def measure_compliance(generate_fn: GenerateFn, prompts: Sequence[str | Mapping[
         "repaired_compliance": repaired_valid / n,
         "n": n,
         "valid": valid,
-        "prompts": len(items),
+        "prompts": n // samples_per_prompt,
         "samples_per_prompt": samples_per_prompt,
         "by_category": {c: {"compliance": v / t, "n": t} for c, (v, t) in sorted(per_cat.items())},
         "errors": dict(errors.most_common()),
         "examples": examples,
     }
+
+
+def measure_compliance(generate_fn: GenerateFn, prompts: Sequence[str | Mapping[str, str]],
+                       samples_per_prompt: int = 1, keep_examples: int = 3) -> dict[str, Any]:
+    """Generate ``samples_per_prompt`` replies per prompt and score them (:func:`score_replies`)."""
+    items = _as_prompt_dicts(prompts)
+    if not items:
+        raise ValueError("no prompts to measure compliance on")
+    batch = [p for p in items for _ in range(samples_per_prompt)]
+    replies = generate_fn([p["prompt"] for p in batch])
+    if len(replies) != len(batch):
+        raise ValueError(f"generate_fn returned {len(replies)} replies for {len(batch)} prompts")
+    return score_replies(batch, replies, samples_per_prompt, keep_examples)
 
 
 def hf_generate_fn(model, tokenizer, max_new_tokens: int = 256, temperature: float = 0.7,

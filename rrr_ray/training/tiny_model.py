@@ -1,6 +1,6 @@
 """The rrr-tiny models under ``models/`` (the 4.7M test model), rebuilt from scratch: base model,
 fine-tunes (full and LoRA, checkpoints picked by measured format compliance), merge, held-out
-measurement, model cards and ``models/compliance.json``. ``jobs.build_embedded_model`` calls :func:`build_embedded_models`.
+measurement, model cards and ``models/compliance.json``. ``jobs.build_tiny_model`` calls :func:`build_tiny_models`.
 
 Variants: a full fine-tune, a LoRA with embed_tokens/lm_head in modules_to_save, and a
 projections-only LoRA (shipped unmerged as ``rrr-tiny-lora``, servable by vLLM's LoRA support).
@@ -19,8 +19,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from rrr_ray.training.compliance import DEFAULT_EVAL_PROMPTS
-from rrr_ray.training.data import DEFAULT_SEED_PATHS
+from rrr_ray.data.convert import DEFAULT_SEED_PATHS
+from rrr_ray.data.prompts import DEFAULT_EVAL_PROMPTS
+
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +29,11 @@ MTS_MODULES = ["embed_tokens", "lm_head"]
 """The modules the ``lora_mts`` variant trains in full (the tag tokens are new to the base's chat)."""
 
 
-class EmbeddedBuildConfig(BaseModel):
-    """What ``jobs.build_embedded_model`` builds."""
+class TinyBuildConfig(BaseModel):
+    """What ``jobs.build_tiny_model`` builds."""
 
     models_dir: str = Field("models", description="Where rrr-tiny*, compliance.json go.")
-    work_dir: str = Field("out/embedded", description="Scratch space (Ray storage, checkpoints).")
+    work_dir: str = Field("out/tiny_model", description="Scratch space (Ray storage, checkpoints).")
     data: list[str] = Field(default_factory=lambda: list(DEFAULT_SEED_PATHS),
                             description="Dialogue files/folders or saved HF datasets to train on.")
     eval_prompts: str = Field(DEFAULT_EVAL_PROMPTS, description="Held-out prompts the variants are measured on.")
@@ -57,7 +58,7 @@ def _minutes_since(t: float) -> float:
     return round((time.monotonic() - t) / 60, 2)
 
 
-def _base_model(cfg: EmbeddedBuildConfig, base_dir: Path, times: dict[str, float]) -> dict[str, Any]:
+def _base_model(cfg: TinyBuildConfig, base_dir: Path, times: dict[str, float]) -> dict[str, Any]:
     """Pretrain the base model (or, with ``skip_base``, read the summary of the existing one)."""
     from rrr_ray.training.base import BaseModelConfig, build_base_model
     from rrr_ray.training.loop import LoopConfig
@@ -72,7 +73,7 @@ def _base_model(cfg: EmbeddedBuildConfig, base_dir: Path, times: dict[str, float
     return summary
 
 
-def _fine_tunes(cfg: EmbeddedBuildConfig, base_dir: Path, work: Path,
+def _fine_tunes(cfg: TinyBuildConfig, base_dir: Path, work: Path,
                 times: dict[str, float]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """The full fine-tune and the LoRA variants on a local Ray cluster; their summaries."""
     import ray
@@ -138,11 +139,11 @@ def _without_checkpoints(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if k != "checkpoints"}
 
 
-def build_embedded_models(cfg: EmbeddedBuildConfig, command: str) -> dict[str, Any]:
+def build_tiny_models(cfg: TinyBuildConfig, command: str) -> dict[str, Any]:
     """Rebuild every model under ``cfg.models_dir``; write ``compliance.json`` (the measured report,
     ``command`` being how it was made) and the model cards. Returns a one-screen summary."""
     from rrr_ray.training.cards import write_cards
-    from rrr_ray.training.compliance import load_prompts
+    from rrr_ray.data.prompts import load_prompts
     from rrr_ray.training.merge import evaluate_folder
     from rrr_ray.training.modeling import folder_size
     from rrr_ray.training.sft import LoraSettings

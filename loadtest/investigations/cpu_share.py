@@ -1,6 +1,6 @@
 """Which processes use the machine's CPU over a window: where a graph's time goes under load.
 
-    python -m loadtest.cpu_share --seconds 30 --output out/cpu_share.json
+    python -m loadtest.investigations.cpu_share --seconds 30 --output out/cpu_share.json
 
 Reads every process's user + system time from ``/proc`` at the start and the end of the window and
 reports each process that used at least ``--min-percent`` of one core, named by its command line
@@ -68,7 +68,7 @@ def cpu_share(seconds: float, min_percent: float = 1.0) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m loadtest.cpu_share", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m loadtest.investigations.cpu_share", description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--min-percent", type=float, default=1.0)
     ap.add_argument("--output", type=Path, default=None, help="write the report as JSON here too")

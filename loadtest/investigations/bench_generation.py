@@ -1,6 +1,6 @@
 """Dialogues per minute of the generation job at concurrency 1 and 8 against one endpoint.
 
-    python -m loadtest.bench_generation --base-url http://127.0.0.1:8000/v1 --model rrr-tiny \
+    python -m loadtest.investigations.bench_generation --base-url http://127.0.0.1:8000/v1 --model rrr-tiny \
         --output out/bench [--num-dialogues 96] [--concurrency 1 8] [--rounds 3] [--guided]
 
 Runs the real job (``rrr_ray.data.generation.run_generation`` on one local Ray cluster) once per
@@ -28,7 +28,7 @@ from loadtest.metrics import median_index
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadtest.bench_generation", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m loadtest.investigations.bench_generation", description=__doc__.split("\n\n")[0])
     p.add_argument("--base-url", default=None, help="OpenAI-compatible API root (default $OPENAI_BASE_URL or rrr-ray's)")
     p.add_argument("--model", default=None, help="served model name (default rrr-tiny)")
     p.add_argument("--num-dialogues", type=int, default=96, help="dialogues per concurrency level")

