@@ -155,7 +155,8 @@ def run_schemathesis(url: str, max_examples: int, headers: Optional[dict[str, st
     for event in from_schema(schema).execute():
         if isinstance(event, events.ScenarioFinished):
             cases += len(event.recorder.cases)
-            failures += [f"{event.recorder.label}: {check.name}: {check.failure_info.failure.title}"
+            failures += [f"{event.recorder.label}: {check.name}: {check.failure_info.failure.title}: "
+                         f"{check.failure_info.code_sample[-600:]}"
                          for checks in event.recorder.checks.values() for check in checks if check.failure_info]
         elif isinstance(event, (events.NonFatalError, events.FatalError)):
             errors.append(repr(event))

@@ -93,7 +93,7 @@ def test_a_stop_string_ends_the_reply_and_is_reported(serve_url):
 def test_vllm_bench_serve_openai_chat_has_no_failed_request(serve_url, tmp_path):
     """vLLM's serving benchmark client: random prompts (the tokenizer from the local model folder),
     streamed with include_usage, content parts, vLLM's sampling extras."""
-    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--backend", "openai-chat",
+    cmd = [sys.executable, "-m", "loadtest.vllm_bench_serve", "--backend", "openai-chat",
            "--base-url", serve_url, "--endpoint", "/v1/chat/completions", "--model", MODEL,
            "--tokenizer", str(REPO / "models" / MODEL), "--dataset-name", "random", "--random-input-len", "24",
            "--random-output-len", "24", "--num-prompts", "12", "--max-concurrency", "4", "--temperature", "0.7",

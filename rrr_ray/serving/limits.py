@@ -12,7 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rrr_ray.serving.protocol import DEFAULT_MAX_NEW_TOKENS, ChatCompletionRequest, ChatMessage, GenerateRequest
+from rrr_ray.serving.protocol import (
+    DEFAULT_MAX_NEW_TOKENS, ChatCompletionRequest, ChatMessage, ContentPart, GenerateRequest,
+)
 
 TOKEN_FIELDS = ("max_new_tokens", "max_tokens", "max_completion_tokens")
 """The request fields that ask for a number of new tokens (``/generate``, OpenAI's two names)."""
@@ -77,6 +79,7 @@ class HttpLimits(BaseModel):
             (GenerateRequest, "messages", "maxItems", self.max_messages),
             (ChatCompletionRequest, "messages", "maxItems", self.max_messages),
             (ChatMessage, "content", "maxLength", self.max_prompt_chars),
+            (ContentPart, "text", "maxLength", self.max_prompt_chars),
             (GenerateRequest, "stop", "maxItems", self.max_stop_strings),
             (ChatCompletionRequest, "stop", "maxItems", self.max_stop_strings),
         ]

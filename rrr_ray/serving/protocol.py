@@ -12,7 +12,9 @@ import functools
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (
-    BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator)
+    BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, WithJsonSchema, field_validator,
+    model_validator,
+)
 
 from rrr_ray.format import RepairReport, Validation, guided_regex
 from rrr_ray.serving.messages import HealReport
@@ -238,6 +240,22 @@ _UNSUPPORTED = {
 """OpenAI fields that would change the reply in a way rrr-ray cannot: a 400 naming the field
 when one is set (null, an empty list or object: as if absent)."""
 
+Refused = Annotated[Optional[Any], WithJsonSchema({
+    "anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}, {"type": "object", "maxProperties": 0}],
+    "description": "Not supported: only null (or empty) is accepted; anything else is a 400 naming the field."})]
+"""The schema of a refused field says what the server accepts: null or empty."""
+
+
+@functools.cache
+def _rrr_regexes() -> tuple[str, ...]:
+    return guided_regex(bounded=True), guided_regex(bounded=False)
+
+
+_STRUCTURED_OUTPUTS_SCHEMA = {"anyOf": [{"type": "null"}, {"type": "object", "maxProperties": 0}, {
+    "type": "object", "required": ["regex"], "additionalProperties": False,
+    "properties": {"regex": {"enum": list(_rrr_regexes())}}}]}
+"""What ``structured_outputs`` may be: null or empty, or vLLM's ``{"regex": ...}`` with the RRR regex."""
+
 
 class ChatCompletionRequest(BaseModel):
     """OpenAI's chat completion request, as far as it concerns text; plus vLLM's sampling extras
@@ -247,12 +265,20 @@ class ChatCompletionRequest(BaseModel):
     (``user``, ``metadata``, ``store``...). A field nobody defines is a 400, never ignored.
     Null is the default, as in OpenAI's API."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=lambda schema: schema.update(allOf=[
+        {  # top_logprobs above 0 needs logprobs: true (as vLLM and OpenAI have it)
+            "if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer", "minimum": 1}}},
+            "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}},
+        {  # structured_outputs only as vLLM's spelling of guided: true
+            "if": {"required": ["structured_outputs"], "properties": {"structured_outputs": {"type": "object", "minProperties": 1}}},
+            "then": {"required": ["guided"], "properties": {"guided": {"const": True}}}},
+    ]))
 
     model: Optional[str] = None
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: Optional[MaxNewTokens] = None
-    max_completion_tokens: Optional[MaxNewTokens] = Field(None, description="OpenAI's newer name for max_tokens.")
+    max_completion_tokens: Optional[MaxNewTokens] = Field(None, description=(
+        "OpenAI's newer name for max_tokens; where both are given, this one (as vLLM has it)."))
     temperature: Optional[Temperature] = Field(None, description=f"0 is greedy; default {DEFAULT_TEMPERATURE}.")
     top_p: Optional[TopP] = Field(None, description=f"Nucleus sampling; default {DEFAULT_TOP_P}.")
     presence_penalty: Optional[PresencePenalty] = None
@@ -268,9 +294,11 @@ class ChatCompletionRequest(BaseModel):
     logprobs: Optional[bool] = Field(None, description="Return the log probability of each token of the reply.")
     top_logprobs: Optional[Annotated[int, Field(ge=0, le=20), INTEGRAL]] = Field(
         None, description="With logprobs: also the most likely tokens at each position, this many.")
-    response_format: Optional[dict[str, Any]] = Field(None, description="Only {'type': 'text'}: replies follow "
-                                                      "the RRR format (guided: true constrains decoding to it).")
-    modalities: Optional[list[str]] = Field(None, description="Only ['text'].")
+    response_format: Annotated[Optional[dict[str, Any]], WithJsonSchema({"anyOf": [{"type": "null"}, {
+        "type": "object", "required": ["type"], "properties": {"type": {"const": "text"}}}]})] = Field(
+        None, description="Only {'type': 'text'}: replies follow the RRR format (guided: true constrains decoding to it).")
+    modalities: Annotated[Optional[list[str]], WithJsonSchema({"anyOf": [{"type": "null"}, {
+        "type": "array", "items": {"const": "text"}}]})] = Field(None, description="Only ['text'].")
     # vLLM's sampling extras
     top_k: Optional[TopK] = Field(None, description=f"vLLM extension; default {DEFAULT_TOP_K}.")
     repetition_penalty: Optional[RepetitionPenalty] = Field(
@@ -278,7 +306,7 @@ class ChatCompletionRequest(BaseModel):
     min_p: Optional[MinP] = Field(None, description="vLLM extension.")
     min_tokens: Optional[MinTokens] = Field(None, description="vLLM extension.")
     ignore_eos: Optional[bool] = Field(None, description="vLLM extension: keep generating past end-of-sequence.")
-    structured_outputs: Optional[dict[str, Any]] = Field(
+    structured_outputs: Annotated[Optional[dict[str, Any]], WithJsonSchema(_STRUCTURED_OUTPUTS_SCHEMA)] = Field(
         None, description="vLLM's spelling of guided decoding: accepted with guided: true and the RRR regex only.")
     # rrr-ray's extensions
     guided: bool = Field(False, description="rrr-ray extension (pass through extra_body).")
@@ -292,16 +320,16 @@ class ChatCompletionRequest(BaseModel):
     prompt_cache_key: Optional[str] = Field(None, description="Ignored (the prefix cache needs no key).")
     safety_identifier: Optional[str] = Field(None, description="Ignored.")
     # refused when set
-    tools: Optional[list[Any]] = None
-    tool_choice: Optional[Any] = None
-    functions: Optional[list[Any]] = None
-    function_call: Optional[Any] = None
-    logit_bias: Optional[dict[str, Any]] = None
-    audio: Optional[Any] = None
-    prediction: Optional[Any] = None
-    web_search_options: Optional[Any] = None
-    reasoning_effort: Optional[Any] = None
-    verbosity: Optional[Any] = None
+    tools: Refused = None
+    tool_choice: Refused = None
+    functions: Refused = None
+    function_call: Refused = None
+    logit_bias: Refused = None
+    audio: Refused = None
+    prediction: Refused = None
+    web_search_options: Refused = None
+    reasoning_effort: Refused = None
+    verbosity: Refused = None
 
     @field_validator(*_UNSUPPORTED)
     @classmethod
@@ -334,16 +362,9 @@ class ChatCompletionRequest(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "ChatCompletionRequest":
-        if self.max_tokens is not None and self.max_completion_tokens is not None \
-                and self.max_tokens != self.max_completion_tokens:
-            raise ValueError(f"max_tokens ({self.max_tokens}) and max_completion_tokens "
-                             f"({self.max_completion_tokens}) differ: give one")
-        if self.top_logprobs is not None and not self.logprobs:
+        if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
-        most = self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_NEW_TOKENS
-        if self.min_tokens is not None and self.min_tokens > most:
-            raise ValueError(f"min_tokens ({self.min_tokens}) is more than the most tokens to generate ({most})")
-        if self.structured_outputs is not None and not (
+        if self.structured_outputs and not (
                 self.guided and set(self.structured_outputs) == {"regex"}
                 and self.structured_outputs["regex"] in _rrr_regexes()):
             raise ValueError("structured_outputs is accepted only as vLLM's spelling of guided: true, "
@@ -354,7 +375,10 @@ class ChatCompletionRequest(BaseModel):
     def sampling(self) -> SamplingOptions:
         given = {name: getattr(self, name) for name in _CHAT_SAMPLING if getattr(self, name) is not None}
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        return SamplingOptions(max_new_tokens=self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_NEW_TOKENS,
+        most = self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_NEW_TOKENS
+        if self.min_tokens is not None:
+            given["min_tokens"] = min(self.min_tokens, most)
+        return SamplingOptions(max_new_tokens=most,
                                stop=stop, **given)
 
     def top_logprobs_count(self) -> Optional[int]:
@@ -364,11 +388,6 @@ class ChatCompletionRequest(BaseModel):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
-
-
-@functools.cache
-def _rrr_regexes() -> tuple[str, ...]:
-    return guided_regex(bounded=True), guided_regex(bounded=False)
 
 
 _CHAT_SAMPLING = ("temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty", "frequency_penalty",

@@ -71,7 +71,5 @@ class SamplingOptions(BaseModel):
 
     @model_validator(mode="after")
     def _min_within_max(self) -> "SamplingOptions":
-        if self.min_tokens > self.max_new_tokens:
-            raise ValueError(f"min_tokens ({self.min_tokens}) is more than the most tokens to generate "
-                             f"({self.max_new_tokens})")
+        self.min_tokens = min(self.min_tokens, self.max_new_tokens)  # at most the reply's max tokens
         return self
