@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from rrr_ray.training.data import DEFAULT_SEED_PATHS
+from rrr_ray.data.convert import DEFAULT_SEED_PATHS, REFUSAL_DIALOGUES
 from rrr_ray.training.pretrained import ADAPTER_NAME, SMOLLM2_135M
 from rrr_ray.training.selection import SelectBy
 
@@ -30,7 +30,7 @@ class DefaultModelRecipe(BaseModel):
 
     models_dir: str = Field("models", description="Where the base is found and the adapter goes.")
     work_dir: str = Field("out/default_model", description="Scratch space (Ray storage, checkpoints).")
-    data: list[str] = Field(default_factory=lambda: list(DEFAULT_SEED_PATHS),
+    data: list[str] = Field(default_factory=lambda: [*DEFAULT_SEED_PATHS, REFUSAL_DIALOGUES],
                             description="Dialogue files/folders or saved HF datasets to train on.")
     epochs: float = Field(3.0, gt=0, description="Training epochs (long enough for the validation loss to turn).")
     learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate (cosine schedule).")
