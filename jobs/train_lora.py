@@ -28,7 +28,7 @@ FIELDS_BEFORE_NUM_CPUS = (
     "lora.r", "lora.alpha", "lora.dropout", "lora.target_modules", "lora.modules_to_save",
     "epochs", "max_steps", "learning_rate", "batch_size", "grad_accum", "max_length", "val_fraction",
     "prefix_turns", "single_turns", "system_prompt", "group_by_length", "save_steps", "stop_at_compliance",
-    "val_prompts", "eval_prompts", "eval_samples", "storage_path",
+    "select_by", "min_val_compliance", "val_prompts", "val_samples", "eval_prompts", "eval_samples", "storage_path",
 )
 FIELDS_AFTER_NUM_CPUS = ("seed",)
 """The config fields with an option, in the order of ``--help``; the others keep their defaults."""

@@ -367,3 +367,44 @@ def test_a_value_the_config_refuses_is_a_one_line_error(job, argv, message):
 
     out = subprocess.run([sys.executable, "-m", job, *argv], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
+def test_checkpoint_choice_is_by_content_among_compliant_checkpoints():
+    from rrr_ray.training.selection import choose_checkpoint
+
+    curve = [{"step": 20, "val_compliance": 1.0, "eval_loss": 0.80, "val_meteor": 0.10},
+             {"step": 40, "val_compliance": 0.95, "eval_loss": 0.60, "val_meteor": 0.20},
+             {"step": 60, "val_compliance": 0.99, "eval_loss": 0.65, "val_meteor": 0.15},
+             {"step": 80, "val_compliance": 1.0, "eval_loss": 0.70, "val_meteor": 0.18}]
+    assert choose_checkpoint(curve, "eval_loss", 0.98) == 2  # step 40 has the lowest loss but fails the floor
+    assert choose_checkpoint(curve, "val_meteor", 0.98) == 3
+    assert choose_checkpoint(curve, "compliance") == 0  # earliest of the most compliant
+    assert choose_checkpoint(curve, "eval_loss", 1.0) == 3
+    # nothing reaches the floor: the most compliant; nothing measured: the last
+    assert choose_checkpoint([{"val_compliance": 0.5}, {"val_compliance": 0.7}], "eval_loss") == 1
+    assert choose_checkpoint([{"step": 1}, {"step": 2}], "eval_loss") == 1
+
+
+def test_validation_prompts_carry_the_reply_that_followed_as_reference():
+    from rrr_ray.data.records import DialogueRecord
+    from rrr_ray.training.data import first_user_prompts
+
+    rec = DialogueRecord.model_validate({"conversation_id": "c1", "num_turns": 1, "messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "<react>*a*</react><respond>b</respond><reflect>c</reflect>"},
+        {"role": "user", "content": "bye"}]})
+    items = first_user_prompts([rec], all_turns=True)
+    assert items[0]["reference"].startswith("<react>") and "reference" not in items[1]
+
+
+def test_measure_checkpoint_scores_compliance_and_content():
+    from rrr_ray.training.selection import curve_table, measure_checkpoint
+
+    good = "<react>*nods*</react><respond>That sounds hard, I am here.</respond><reflect>They need support.</reflect>"
+    prompts = [{"prompt": "p1", "reference": good}, {"prompt": "p2", "reference": good}]
+    replies = iter([good, good, "no tags at all", good])
+    scores = measure_checkpoint(lambda ps: [next(replies) for _ in ps], prompts, samples=2)
+    assert scores["val_compliance"] == 0.75
+    if scores["val_meteor"] is not None:  # WordNet installed
+        assert 0 < scores["val_meteor"] <= 1
+    table = curve_table([{"step": 20, **scores, "eval_loss": 0.5, "loss": 0.7}], chosen_step=20)
+    assert "| **20** |" in table and "75.0%" in table

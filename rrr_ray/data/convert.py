@@ -23,7 +23,10 @@ from rrr_ray.format.spec import SECTION_NAMES
 log = logging.getLogger(__name__)
 
 DEFAULT_SEED_PATHS: tuple[str, ...] = ("data/seed/seed_dialogues.json", "data/seed/curated_seed_dialogues")
-"""The seed's dialogues, as the repository holds them (the training data of the default model)."""
+"""The seed's dialogues, as the repository holds them (training data of the default model)."""
+REFUSAL_DIALOGUES = "data/refusals/dialogues.jsonl"
+"""The project's own RRR dialogues that decline harmful requests (training data of the default model;
+``data/refusals/README.md`` says how they were made)."""
 
 
 class ConvertError(RuntimeError):

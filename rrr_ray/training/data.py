@@ -125,12 +125,16 @@ def tokenized_dataset(records: Sequence[DialogueRecord], tokenizer, max_length: 
 
 def first_user_prompts(records: Sequence[DialogueRecord], all_turns: bool = False) -> list[dict[str, str]]:
     """Single-turn prompts of held-out conversations for checkpoint selection (never the
-    evaluation prompts): the first user message of each, then (``all_turns``) the later ones."""
+    evaluation prompts): the first user message of each, then (``all_turns``) the later ones; each
+    with the assistant reply that followed it as ``reference`` (for the content measures)."""
     firsts, later = [], []
     for r in records:
-        users = [m.content for m in r.messages if m.role == "user"]
-        for k, u in enumerate(users):
-            item = {"id": f"{r.conversation_id}:{k}", "category": "validation", "prompt": u}
+        msgs = r.messages
+        users = [i for i, m in enumerate(msgs) if m.role == "user"]
+        for k, i in enumerate(users):
+            item = {"id": f"{r.conversation_id}:{k}", "category": "validation", "prompt": msgs[i].content}
+            if i + 1 < len(msgs) and msgs[i + 1].role == "assistant":
+                item["reference"] = msgs[i + 1].content
             (firsts if k == 0 else later).append(item)
     return firsts + (later if all_turns else [])
 

@@ -1,6 +1,7 @@
 """The served default: an RRR LoRA adapter on SmolLM2-135M-Instruct, trained by the project's own
-fine-tune (:func:`rrr_ray.training.finetune.fine_tune`: Ray Train + TRL + peft, checkpoint chosen
-by measured compliance) and committed as ``models/rrr-smollm2-lora``.
+fine-tune (:func:`rrr_ray.training.finetune.fine_tune`: Ray Train + TRL + peft; the checkpoint with the
+lowest validation loss on assistant tokens among those whose strict validation compliance reaches
+98%) and committed as ``models/rrr-smollm2-lora`` with its training curve (``curve.md``, ``curve.png``).
 
 ``jobs.train_default_model`` (``make model``) calls :func:`train_default_model`; ``make install``
 merges the committed adapter into the converted base (``jobs.prepare_models``).
@@ -17,9 +18,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from rrr_ray.data.convert import DEFAULT_SEED_PATHS
+from rrr_ray.data.convert import DEFAULT_SEED_PATHS, REFUSAL_DIALOGUES
 from rrr_ray.model_names import ADAPTER_NAME
 from rrr_ray.training.pretrained import SMOLLM2_135M
+from rrr_ray.training.selection import SelectBy
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +31,9 @@ class DefaultModelRecipe(BaseModel):
 
     models_dir: str = Field("models", description="Where the base is found and the adapter goes.")
     work_dir: str = Field("out/default_model", description="Scratch space (Ray storage, checkpoints).")
-    data: list[str] = Field(default_factory=lambda: list(DEFAULT_SEED_PATHS),
+    data: list[str] = Field(default_factory=lambda: [*DEFAULT_SEED_PATHS, REFUSAL_DIALOGUES],
                             description="Dialogue files/folders or saved HF datasets to train on.")
-    epochs: float = Field(2.0, gt=0, description="Training epochs.")
+    epochs: float = Field(3.0, gt=0, description="Training epochs (long enough for the validation loss to turn).")
     learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate (cosine schedule).")
     lora_r: int = Field(16, ge=1, description="LoRA rank (all seven projections, no modules_to_save).")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha.")
@@ -39,10 +41,13 @@ class DefaultModelRecipe(BaseModel):
     num_workers: int = Field(2, ge=1, description="Ray Train workers (one CPU thread each).")
     max_length: int = Field(320, ge=64, description="Longest training sequence, in tokens.")
     prefix_turns: int = Field(1, ge=0, description="Extra examples per conversation ending after turn 1..k.")
-    save_steps: int = Field(25, ge=1, description="Checkpoint (and measure compliance) every this many steps.")
-    val_prompts: int = Field(24, ge=0, description="Validation prompts for checkpoint compliance.")
-    stop_at_compliance: float = Field(1.0, gt=0, le=1, description=(
-        "Stop at the first checkpoint whose validation compliance reaches this."))
+    save_steps: int = Field(20, ge=1, description="Checkpoint (and measure it) every this many steps.")
+    val_prompts: int = Field(20, ge=0, description="Validation prompts (held-out turns) measured per checkpoint.")
+    val_samples: int = Field(3, ge=1, description="Samples per validation prompt.")
+    select_by: SelectBy = Field("eval_loss", description=(
+        "The content measure that picks the checkpoint (eval_loss: validation loss on assistant tokens)."))
+    min_val_compliance: float = Field(0.98, ge=0, le=1, description=(
+        "Strict validation compliance a checkpoint needs to be chosen."))
     seed: int = Field(0, description="Seed of the split, initialisation and sampling.")
 
 
@@ -63,7 +68,8 @@ def train_default_model(recipe: DefaultModelRecipe) -> dict[str, Any]:
         epochs=recipe.epochs, learning_rate=recipe.learning_rate, batch_size=recipe.batch_size,
         max_length=recipe.max_length, prefix_turns=recipe.prefix_turns, single_turns=True,
         group_by_length=True, save_steps=recipe.save_steps, val_prompts=recipe.val_prompts,
-        stop_at_compliance=recipe.stop_at_compliance, eval_prompts=None, seed=recipe.seed,
+        val_samples=recipe.val_samples, select_by=recipe.select_by, min_val_compliance=recipe.min_val_compliance,
+        eval_prompts=None, seed=recipe.seed,
     )
     t0 = time.monotonic()
     summary = fine_tune(cfg, num_cpus=max(2, recipe.num_workers))
@@ -73,8 +79,10 @@ def train_default_model(recipe: DefaultModelRecipe) -> dict[str, Any]:
 
 def ship_adapter(exported: Path, recipe: DefaultModelRecipe, summary: dict[str, Any]) -> dict[str, Any]:
     """Copy an exported adapter to ``models_dir/rrr-smollm2-lora`` (bfloat16 tensors, base path
-    relative to the checkout) with ``training.json`` (the summary and the recipe)."""
+    relative to the checkout) with ``training.json`` (the summary and the recipe) and the training
+    curve (``curve.md``, ``curve.png``)."""
     from rrr_ray.training.merge import cast_adapter, set_adapter_base
+    from rrr_ray.training.selection import curve_table, plot_curve
 
     adapter = Path(recipe.models_dir) / ADAPTER_NAME
     if adapter.exists():
@@ -84,4 +92,8 @@ def ship_adapter(exported: Path, recipe: DefaultModelRecipe, summary: dict[str, 
     set_adapter_base(adapter, f"{recipe.models_dir}/{SMOLLM2_135M.name}")
     summary = summary | {"adapter": str(adapter), "base": SMOLLM2_135M.name, "recipe": recipe.model_dump()}
     (adapter / "training.json").write_text(json.dumps(summary, indent=2))
+    curve = summary.get("checkpoints") or []
+    if curve:
+        (adapter / "curve.md").write_text(curve_table(curve, summary.get("chosen_step")) + "\n")
+        plot_curve(curve, summary.get("chosen_step"), adapter / "curve.png")
     return summary

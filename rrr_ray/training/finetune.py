@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from rrr_ray.training.selection import CURVE_FIELDS
 from rrr_ray.training.sft import SFTJobConfig
 
 log = logging.getLogger(__name__)
@@ -65,13 +66,14 @@ def fine_tune(cfg: SFTJobConfig, num_cpus: Optional[int] = None) -> dict[str, An
         train_minutes = round((time.monotonic() - t0) / 60, 2)
     if result.error:
         raise RuntimeError(f"training failed: {result.error}")
-    ckpt, metrics = best_checkpoint(result)
+    ckpt, metrics = best_checkpoint(result, cfg.select_by, cfg.min_val_compliance)
     exported = export_checkpoint(ckpt, cfg)
-    history = [{"step": m.get("step"), "val_compliance": m.get("val_compliance"), "loss": m.get("loss"),
-                "eval_loss": m.get("eval_loss")} for _, m in (result.best_checkpoints or [])]
+    history = sorted(({k: m.get(k) for k in CURVE_FIELDS} for _, m in (result.best_checkpoints or [])),
+                     key=lambda c: c["step"] or 0)
     summary: dict[str, Any] = {
         "method": cfg.method, "backend": resolve_backend(cfg.backend), "num_workers": cfg.num_workers,
-        "output": str(exported), "chosen_step": metrics.get("step"),
+        "output": str(exported), "chosen_step": metrics.get("step"), "select_by": cfg.select_by,
+        "min_val_compliance": cfg.min_val_compliance,
         "chosen_val_compliance": metrics.get("val_compliance"), "train_minutes": train_minutes,
         "checkpoints": history,
     }

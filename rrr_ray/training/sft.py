@@ -2,7 +2,9 @@
 on ChatML conversations with loss on assistant tokens only, LoRA through peft (or Unsloth's
 ``FastLanguageModel`` on CUDA), or a full fine-tune. Checkpoints go through
 ``RayTrainReportCallback``; each carries the format compliance measured on held-out validation
-prompts, and the best checkpoint by compliance is exported."""
+prompts and the content measures of :mod:`rrr_ray.training.selection` (validation loss, METEOR,
+BERTScore F1); the checkpoint exported is the best by ``select_by`` among those that reach
+``min_val_compliance``."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from rrr_ray.data.convert import DEFAULT_SEED_PATHS
 from rrr_ray.data.prompts import DEFAULT_EVAL_PROMPTS
-
+from rrr_ray.training.selection import SelectBy
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,12 @@ class SFTJobConfig(BaseModel):
     stop_at_compliance: Optional[float] = Field(None, gt=0, le=1, description=(
         "Stop training at the first checkpoint whose validation compliance reaches this (None: train "
         "all the steps). No later checkpoint could be chosen: ties go to the earliest."))
+    select_by: SelectBy = Field("compliance", description=(
+        "What picks the exported checkpoint: compliance (highest), eval_loss (lowest validation loss on "
+        "assistant tokens), val_meteor or val_bertscore_f1 (highest), among the checkpoints whose "
+        "validation compliance reaches min_val_compliance."))
+    min_val_compliance: float = Field(0.98, ge=0, le=1, description=(
+        "Strict validation compliance a checkpoint needs to be chosen by a content measure."))
     max_new_tokens: int = Field(200, ge=1, description="Generation length for compliance measurement.")
     temperature: float = Field(0.7, ge=0, description="Sampling temperature for compliance measurement.")
     eval_prompts: Optional[str] = Field(DEFAULT_EVAL_PROMPTS, description=(
@@ -148,11 +156,13 @@ def _datasets(cfg: SFTJobConfig, tokenizer):
 def _compliance_callback(cfg: SFTJobConfig, tokenizer, prompts):
     from transformers import TrainerCallback
 
-    from rrr_ray.evaluation.compliance import hf_generate_fn, measure_compliance
+    from rrr_ray.evaluation.compliance import hf_generate_fn
+    from rrr_ray.training.selection import measure_checkpoint
 
     class ComplianceCallback(TrainerCallback):
-        """On each save, measure format compliance on validation prompts (rank 0) and add it to the
-        log history, which ``RayTrainReportCallback`` reports with the checkpoint."""
+        """On each save, measure format compliance and the content scores on validation prompts
+        (rank 0) and add them to the log history, which ``RayTrainReportCallback`` reports with the
+        checkpoint."""
 
         def on_save(self, args, state, control, model=None, **kwargs):
             if not prompts:
@@ -160,9 +170,10 @@ def _compliance_callback(cfg: SFTJobConfig, tokenizer, prompts):
             compliance = 0.0
             if state.is_world_process_zero:
                 fn = hf_generate_fn(model, tokenizer, cfg.max_new_tokens, cfg.temperature, seed=cfg.seed)
-                compliance = measure_compliance(fn, prompts, cfg.val_samples)["compliance"]
-                state.log_history.append({"val_compliance": compliance, "step": state.global_step})
-                log.info("step %d: validation compliance %.3f", state.global_step, compliance)
+                scores = measure_checkpoint(fn, prompts, cfg.val_samples)
+                compliance = scores["val_compliance"]
+                state.log_history.append(scores | {"step": state.global_step})
+                log.info("step %d: validation %s", state.global_step, scores)
             if cfg.stop_at_compliance is not None and _from_rank_zero(compliance) >= cfg.stop_at_compliance:
                 log.info("step %d: validation compliance reached %.3f; stopping", state.global_step,
                          cfg.stop_at_compliance)
@@ -237,18 +248,18 @@ def run_training(cfg: SFTJobConfig):
     return trainer.fit()
 
 
-def best_checkpoint(result) -> tuple[Any, dict[str, Any]]:
-    """The checkpoint with the highest validation compliance (earliest on ties: longer training
-    memorises long reacts; the last one when none was measured)."""
-    cands = list(result.best_checkpoints or [])
+def best_checkpoint(result, select_by: SelectBy = "compliance",
+                    min_compliance: float = 0.98) -> tuple[Any, dict[str, Any]]:
+    """The checkpoint :func:`rrr_ray.training.selection.choose_checkpoint` picks (the last one
+    when none was measured)."""
+    from rrr_ray.training.selection import choose_checkpoint
+
+    cands = sorted(result.best_checkpoints or [], key=lambda c: c[1].get("step") or 0)
     if not cands:
         if result.checkpoint is None:
             raise RuntimeError("the training run produced no checkpoint")
         return result.checkpoint, dict(result.metrics or {})
-    if all(m.get("val_compliance") is None for _, m in cands):
-        return cands[-1][0], dict(cands[-1][1])
-    scored = [(m.get("val_compliance") or -1.0, -(m.get("step") or i), -i) for i, (_, m) in enumerate(cands)]
-    best = max(range(len(cands)), key=lambda i: scored[i])
+    best = choose_checkpoint([m for _, m in cands], select_by, min_compliance)
     return cands[best][0], dict(cands[best][1])
 
 
