@@ -37,10 +37,11 @@ def resolve_path(path: str) -> str:
 
 def model_cards(model: ModelArgs) -> list[dict[str, Any]]:
     """The ``ServedModel`` fields of a model and of each LoRA adapter on it (which share its
-    guided-decoding caps; RRR fine-tunes, they are healed by default)."""
-    guided = {"guided_section_limits": model.guided_section_limits}
-    return [{"name": model.name, "root": model.path, "description": model.description, "heal": model.heal, **guided},
-            *({"name": n, "root": p, "parent": model.name, "description": f"LoRA adapter on {model.name}", **guided}
+    guided-decoding caps and its dtype, as resolved on this machine; RRR fine-tunes, they are healed
+    by default)."""
+    shared = {"guided_section_limits": model.guided_section_limits, "dtype": model.resolved_dtype()}
+    return [{"name": model.name, "root": model.path, "description": model.description, "heal": model.heal, **shared},
+            *({"name": n, "root": p, "parent": model.name, "description": f"LoRA adapter on {model.name}", **shared}
               for n, p in model.lora_modules.items())]
 
 

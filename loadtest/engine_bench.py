@@ -51,7 +51,10 @@ def build_engine(model: str, overrides: dict[str, Any]):
     from vllm import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
+    from rrr_ray.serving.hardware import resolve_dtype
+
     kwargs = {**DEFAULT_ENGINE_ARGS, **overrides}
+    kwargs["dtype"] = resolve_dtype(kwargs["dtype"])  # `auto`: the CPU's best, as the served engine
     return AsyncLLM.from_engine_args(AsyncEngineArgs(model=model, **kwargs))
 
 
