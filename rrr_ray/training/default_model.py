@@ -22,13 +22,18 @@ from rrr_ray.training.pretrained import ADAPTER_NAME, SMOLLM2_135M
 
 log = logging.getLogger(__name__)
 
+REFUSAL_DIALOGUES = "data/refusals/dialogues.jsonl"
+"""The project's own RRR dialogues that decline harmful requests (data/refusals/README.md)."""
+DEFAULT_MODEL_DATA: tuple[str, ...] = (*DEFAULT_SEED_PATHS, REFUSAL_DIALOGUES)
+"""What the default model trains on: the seed's dialogues and the refusal dialogues."""
+
 
 class DefaultModelRecipe(BaseModel):
     """How ``models/rrr-smollm2-lora`` is trained (every field is an option of the job)."""
 
     models_dir: str = Field("models", description="Where the base is found and the adapter goes.")
     work_dir: str = Field("out/default_model", description="Scratch space (Ray storage, checkpoints).")
-    data: list[str] = Field(default_factory=lambda: list(DEFAULT_SEED_PATHS),
+    data: list[str] = Field(default_factory=lambda: list(DEFAULT_MODEL_DATA),
                             description="Dialogue files/folders or saved HF datasets to train on.")
     epochs: float = Field(2.0, gt=0, description="Training epochs.")
     learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate (cosine schedule).")
