@@ -25,7 +25,9 @@ median, the printout the median with every round and each variant's ratio to the
         --variant 'bfloat16={"dtype": "bfloat16"}' --out out/speed/dtype.json
 
 ``engine_cpus=[N,...]`` (an ``--engine-arg`` or a variant's key) runs the model in the engine-core
-process bound to those CPUs, as the served engine does (``EngineConfig.engine_cpus``).
+process bound to those CPUs, as the served engine does (``EngineConfig.engine_cpus``). Two keys of a
+variant are not engine arguments: ``env`` (environment variables its engine process starts with,
+e.g. ``{"RRR_VLLM_TOP_P": "sort"}``) and ``sampling`` (``temperature``/``top_p`` of its requests).
 """
 
 from __future__ import annotations
@@ -197,27 +199,42 @@ def run_variants(model: str, variants: dict[str, dict[str, Any]], common: dict[s
                  top_p: float, warmup: int) -> dict[str, Any]:
     """Every variant's engine started, then ``rounds`` rounds of every level on every engine (the
     order rotating by round); each round's figures and the medians."""
-    engines, out = {}, {}
+    import os
+
+    engines, out, sampling = {}, {}, {}
     try:
-        for name, extra in variants.items():
+        for name, spec in variants.items():
+            extra = {k: v for k, v in spec.items() if k not in ("env", "sampling")}
+            env = {k: str(v) for k, v in (spec.get("env") or {}).items()}
+            sampling[name] = {"temperature": temperature, "top_p": top_p, **(spec.get("sampling") or {})}
+            saved = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)  # the engine process starts with them
             t0 = time.perf_counter()
-            engines[name] = build_engine(model, {**common, **extra})
+            try:
+                engines[name] = build_engine(model, {**common, **extra})
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
             startup = time.perf_counter() - t0
             print(f"[{name}] started in {startup:.1f}s", flush=True)
-            out[name] = {"engine_args": {**DEFAULT_ENGINE_ARGS, **common, **extra}, "startup_s": round(startup, 1),
-                         "rounds": []}
+            out[name] = {"engine_args": {**DEFAULT_ENGINE_ARGS, **common, **extra}, "env": env,
+                         "sampling": sampling[name], "startup_s": round(startup, 1), "rounds": []}
             out[name]["engine_args"]["dtype"] = resolve_dtype(out[name]["engine_args"]["dtype"])
 
         async def measure() -> None:
             for name, engine in engines.items():
-                await warm_up(engine, prompts, warmup, max_tokens, ignore_eos, temperature)
+                await warm_up(engine, prompts, warmup, max_tokens, ignore_eos, sampling[name]["temperature"])
             names = list(engines)
             for r in range(rounds):
                 for name in names[r % len(names):] + names[:r % len(names)]:
                     figures = {}
                     for c in levels:
                         level = await run_level(engines[name], prompts, c, n_for(c), max_tokens, ignore_eos,
-                                                temperature, top_p=top_p, label=f"{name} round {r + 1}")
+                                                sampling[name]["temperature"], top_p=sampling[name]["top_p"],
+                                                label=f"{name} round {r + 1}")
                         figures[str(c)] = level_figures(level)
                     out[name]["rounds"].append(figures)
 

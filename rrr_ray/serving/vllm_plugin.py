@@ -56,7 +56,11 @@ def owns_a_cpu() -> bool:
 
 
 def register() -> None:
-    """Entry point: patch the ring buffer's reader wait when ``RRR_VLLM_BUSY_LOOP_S`` is set."""
+    """Entry point: CPU top-p without a vocabulary sort (``rrr_ray.serving.cpu_sampling``); patch the
+    ring buffer's reader wait when ``RRR_VLLM_BUSY_LOOP_S`` is set."""
+    from rrr_ray.serving.cpu_sampling import install
+
+    install()
     seconds = busy_loop_seconds()
     if seconds is None:
         return
