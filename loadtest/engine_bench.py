@@ -257,7 +257,7 @@ def print_variants(results: dict[str, Any]) -> None:
         for c, m in v["median"].items():
             rounds = [rd[c]["tok_s"] for rd in v["rounds"]]
             print(f"[summary] {name:>18} c={c:>3}: {m['tok_s']:7.1f} tok/s median (rounds {rounds}), "
-                  f"TPOT p50 {m['tpot_p50_ms']} ms, x{v['tok_s_ratio_to_' + first][c]} vs {first}; "
+                  f"TPOT p50 {m['tpot_p50_ms']:.1f} ms, x{v['tok_s_ratio_to_' + first][c]} vs {first}; "
                   f"start-up {v['startup_s']} s", flush=True)
 
 
