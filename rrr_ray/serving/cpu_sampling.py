@@ -82,5 +82,5 @@ def install() -> Optional[str]:
 
     apply_top_k_top_p._rrr = True
     ops.apply_top_k_top_p = apply_top_k_top_p
-    logger.debug("CPU top-p: the %d most likely tokens first, a full sort only where they fall short", TOP_CANDIDATES)
+    logger.info("CPU top-p: the %d most likely tokens first, a full sort only where they fall short", TOP_CANDIDATES)
     return "top_p_filter"
