@@ -35,12 +35,12 @@ def engine_config(model: ModelArgs) -> EngineConfig:
 
 def served_model_entries(model: ModelArgs) -> list[ServedModel]:
     """The names clients may ask for of a model: the model, and each LoRA adapter on it (which
-    share its guided-decoding caps; RRR fine-tunes, they are healed by default)."""
-    guided = model.guided_section_limits
-    return [ServedModel(name=model.name, root=model.path, description=model.description, heal=model.heal,
-                        guided_section_limits=guided),
-            *(ServedModel(name=n, root=p, parent=model.name, description=f"LoRA adapter on {model.name}",
-                          guided_section_limits=guided) for n, p in model.lora_modules.items())]
+    share its guided-decoding caps and its dtype, as resolved on this machine; RRR fine-tunes, they
+    are healed by default)."""
+    shared = {"guided_section_limits": model.guided_section_limits, "dtype": model.resolved_dtype()}
+    return [ServedModel(name=model.name, root=model.path, description=model.description, heal=model.heal, **shared),
+            *(ServedModel(name=n, root=p, parent=model.name, description=f"LoRA adapter on {model.name}", **shared)
+              for n, p in model.lora_modules.items())]
 
 
 def build_app(args: dict[str, Any]) -> Application:

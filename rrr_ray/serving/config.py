@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, Field, model_validator
 
 from rrr_ray.serving.batching import LoadAwareWindow
+from rrr_ray.serving.hardware import resolve_dtype
 from rrr_ray.serving.limits import HttpLimits
 from rrr_ray.serving.vllm_compat.cpu_binding import pinned_executor_args
 
@@ -72,7 +73,9 @@ class EngineConfig(BaseModel):
     name: str = Field(description="Name clients use in 'model' (listed by /v1/models).")
     path: str = Field(description="Local HF model folder (or a hub id where a hub is reachable).")
     engine_class: str = Field("rrr_ray.serving.vllm_engine:VLLMEngine", description="Import path of the engine class.")
-    dtype: str = Field("auto", description="Weights dtype: auto, float32, bfloat16, float16.")
+    dtype: str = Field("auto", description="Weights dtype: float32, bfloat16, float16, or auto: on a CPU node "
+                       "bfloat16 where the CPU has AVX-512 BF16 or AMX, else float32; with CUDA the model's own "
+                       "(rrr_ray.serving.hardware).")
     max_model_len: int = Field(1024, ge=16, description="Context length (prompt + reply) in tokens.")
     max_num_seqs: int = Field(32, ge=1, description="Most sequences batched per engine step.")
     lora_modules: dict[str, str] = Field(default_factory=dict, description="LoRA adapter name -> path; served as models.")
@@ -97,10 +100,14 @@ class EngineConfig(BaseModel):
     def served_names(self) -> list[str]:
         return [self.name, *self.lora_modules]
 
+    def resolved_dtype(self) -> str:
+        """The dtype the weights are loaded in on this machine (``auto`` chosen by the CPU's flags)."""
+        return resolve_dtype(self.dtype)
+
     def vllm_engine_args(self) -> dict[str, Any]:
         """The ``AsyncEngineArgs`` of this model (JSON values only), ``engine_kwargs`` last."""
         kwargs: dict[str, Any] = dict(
-            model=self.path, served_model_name=self.name, dtype=self.dtype, max_model_len=self.max_model_len,
+            model=self.path, served_model_name=self.name, dtype=self.resolved_dtype(), max_model_len=self.max_model_len,
             max_num_seqs=self.max_num_seqs, enforce_eager=self.enforce_eager, disable_log_stats=True,
             gpu_memory_utilization=self.gpu_memory_utilization,
         )

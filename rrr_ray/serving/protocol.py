@@ -483,6 +483,8 @@ class ModelCard(BaseModel):
     root: str
     parent: Optional[str] = Field(description="The base model, for a LoRA adapter.")
     description: str
+    dtype: Optional[str] = Field(None, description="The dtype the weights are served in (a config's `auto` as "
+                                 "resolved at start-up: bfloat16 on a CPU with AVX-512 BF16 or AMX, else float32).")
 
 
 class ModelList(BaseModel):

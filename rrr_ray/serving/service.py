@@ -42,6 +42,7 @@ class ServedModel:
     parent: Optional[str] = None  # the base model, for a LoRA adapter
     heal: bool = True  # the default of the request option ``heal`` (RRR models: on)
     guided_section_limits: bool = True  # a guided reply's sections are capped in length (``guided_regex``)
+    dtype: Optional[str] = None  # the dtype the engine loads the weights in (``auto`` resolved)
 
 
 class RRRService:
@@ -107,7 +108,7 @@ class RRRService:
 
     def list_models(self) -> ModelList:
         return ModelList(data=[ModelCard(id=m.name, created=self.created, root=m.root, parent=m.parent,
-                                         description=m.description) for m in self.models.values()])
+                                         description=m.description, dtype=m.dtype) for m in self.models.values()])
 
     async def chat_completions(self, body: ChatCompletionRequest) -> Response:
         start = time.perf_counter()

@@ -116,8 +116,10 @@ def default_model_card(training: dict[str, Any], report: dict[str, Any]) -> str:
     cats = " | ".join(f"{k} {_pct(v)}" for k, v in c["tuned"]["by_category"].items())
     example = next((e for e in report["examples"]["tuned"] if reply_compliance(e["reply"])[0]),
                    report["examples"]["tuned"][0])
-    speed = f"\n## Speed on this CPU (2 cores, float32, enforce_eager)\n{_speed_rows(report['speed'])}\n" \
-        if "speed" in report else ""
+    speed = ""
+    if "speed" in report:
+        dtype = report["speed"]["merged"].get("engine_args", {}).get("dtype", "float32")
+        speed = f"\n## Speed on this CPU (2 cores, {dtype}, enforce_eager)\n{_speed_rows(report['speed'])}\n"
     return f"""# rrr-smollm2-lora
 
 The RRR LoRA adapter of the served default: SmolLM2-135M-Instruct (`models/{training['base']}`,

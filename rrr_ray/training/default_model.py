@@ -26,6 +26,7 @@ from rrr_ray.training.selection import SelectBy
 log = logging.getLogger(__name__)
 
 
+
 class DefaultModelRecipe(BaseModel):
     """How ``models/rrr-smollm2-lora`` is trained (every field is an option of the job)."""
 

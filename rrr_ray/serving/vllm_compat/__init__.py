@@ -5,6 +5,7 @@ removes it when vLLM is upgraded:
 
 - ``busy_loop``: shared-memory readers on shared CPUs spin 1 ms, not 1 s (a vLLM plugin).
 - ``seeded_sampling``: seeded requests survive chunked prefill on CPU (a vLLM plugin).
+- ``cpu_top_p``: top-p without sorting the vocabulary on CPU (a vLLM plugin).
 - ``pinned_executor`` (selected by ``cpu_binding``): the model in the engine-core process, bound
   to its CPUs (``EngineConfig.engine_cpus``).
 - ``niceness``: the engine's processes at a niceness of their own (``EngineConfig.engine_niceness``).
