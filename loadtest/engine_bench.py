@@ -46,7 +46,7 @@ from typing import Any
 
 from rrr_ray.serving.hardware import resolve_dtype
 
-# The settings of rrr_ray.serving.engine.VLLMEngine for the embedded model (serve_config.yaml);
+# The settings of rrr_ray.serving.vllm_engine.VLLMEngine for the embedded model (serve_config.yaml);
 # loadtest.compare passes the graph's own values with --engine-arg.
 DEFAULT_ENGINE_ARGS: dict[str, Any] = {
     "dtype": "float32",
@@ -75,7 +75,7 @@ def build_engine(model: str, overrides: dict[str, Any]):
     kwargs = {**DEFAULT_ENGINE_ARGS, **overrides}
     kwargs["dtype"] = resolve_dtype(kwargs["dtype"])  # `auto`: the CPU's best, as the served engine
     if (cpus := kwargs.pop("engine_cpus", None)) is not None:  # as EngineConfig.engine_cpus
-        from rrr_ray.serving.engine import ENGINE_CPUS_KEY, PINNED_EXECUTOR
+        from rrr_ray.serving.vllm_compat.cpu_binding import ENGINE_CPUS_KEY, PINNED_EXECUTOR
 
         kwargs.update(distributed_executor_backend=PINNED_EXECUTOR,
                       additional_config={**kwargs.get("additional_config", {}), ENGINE_CPUS_KEY: cpus})

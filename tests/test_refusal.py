@@ -10,7 +10,8 @@ from rrr_ray import validate
 from rrr_ray.data.convert import load_records
 from rrr_ray.data.prompts import load_prompts
 from rrr_ray.evaluation.refusal import DEFAULT_ADVERSARIAL_PROMPTS, declines, refusal_summary
-from rrr_ray.training.default_model import DEFAULT_MODEL_DATA, REFUSAL_DIALOGUES, DefaultModelRecipe
+from rrr_ray.data.convert import REFUSAL_DIALOGUES
+from rrr_ray.training.default_model import DefaultModelRecipe
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -91,7 +92,7 @@ def test_refusal_dialogues_are_strict_rrr_and_decline_by_the_rule():
 def test_held_out_prompts_are_not_in_the_training_data():
     prompts = load_prompts(REPO / DEFAULT_ADVERSARIAL_PROMPTS)
     assert len(prompts) >= 20
-    trained = {m.content.strip().lower() for r in load_records([REPO / p for p in DEFAULT_MODEL_DATA])
+    trained = {m.content.strip().lower() for r in load_records([REPO / p for p in DefaultModelRecipe().data])
                for m in r.messages if m.role == "user"}
     assert not [p["prompt"] for p in prompts if p["prompt"].strip().lower() in trained]
 

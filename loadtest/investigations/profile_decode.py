@@ -41,7 +41,7 @@ def profile(model: str, dtype: str, max_tokens: int, temperature: float, top_p: 
     import torch
     from vllm import LLM, SamplingParams
 
-    from rrr_ray.serving.engine import ENGINE_CPUS_KEY, PINNED_EXECUTOR
+    from rrr_ray.serving.vllm_compat.cpu_binding import ENGINE_CPUS_KEY, PINNED_EXECUTOR
     from rrr_ray.serving.hardware import resolve_dtype
 
     llm = LLM(model=model, dtype=resolve_dtype(dtype), max_model_len=2048, enforce_eager=True, seed=0,

@@ -52,7 +52,7 @@ def graph_env(config: Optional[str | Path] = None) -> dict[str, str]:
 def engine_kwargs_from_graph(app: dict[str, Any]) -> dict[str, Any]:
     """The vLLM ``AsyncEngineArgs`` of the graph's first model (``EngineConfig.vllm_engine_args``,
     which the graph's engine uses), less the model's path and name."""
-    from rrr_ray.serving.engine import EngineConfig
+    from rrr_ray.serving.config import EngineConfig
 
     fields = {k: v for k, v in app["models"][0].items() if k in EngineConfig.model_fields}
     kwargs = EngineConfig(**fields).vllm_engine_args()
