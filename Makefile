@@ -12,7 +12,7 @@ install:
 
 serve: install ## install if needed, then serve the embedded model on 127.0.0.1:8000
 	@$(RUN) $(BIN)/python -m rrr_ray.serving.ports serve_config.yaml
-	$(RUN) $(BIN)/serve run serve_config.yaml
+	$(RUN) $(BIN)/python -m rrr_ray.graceful serve run serve_config.yaml
 
 test: install ## install if needed, then run the whole test suite
 	$(RUN) $(BIN)/python -m pytest tests
