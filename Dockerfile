@@ -17,9 +17,11 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/app/.venv/bin:$PATH
-# rrr runs the server; login shells (KubeRay starts Ray with `bash -l`) keep the venv first on PATH.
+# rrr runs the server. Login shells (KubeRay starts Ray with `bash -l`) put the venv first on PATH
+# and set the node environment of rrr_ray/env.py (values already set win), as `make serve` does.
 RUN useradd --create-home --uid 1000 --shell /usr/sbin/nologin rrr \
-    && echo 'PATH=/app/.venv/bin:$PATH' > /etc/profile.d/rrr-venv.sh
+    && printf '%s\n' 'PATH=/app/.venv/bin:$PATH' 'eval "$(python -m rrr_ray.env 2>/dev/null)"' \
+       > /etc/profile.d/rrr.sh
 WORKDIR /app
 EXPOSE 8000
 # /health answers 200 while every model is loaded and the server is not draining.

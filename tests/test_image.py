@@ -175,6 +175,13 @@ def test_the_image_healthcheck_reports_healthy(container):
     assert (state.get("Health") or state.get("Healthcheck") or {}).get("Status") == "healthy", state
 
 
+def test_login_shells_get_the_venv_and_the_node_environment(container):
+    """KubeRay starts Ray with `bash -l`: the image's login shell sets what rrr_ray/env.py sets."""
+    name, _, _ = container
+    out = podman("exec", name, "bash", "-lc", "command -v ray; echo $RAY_AUTH_MODE $VLLM_CPU_KVCACHE_SPACE").stdout
+    assert out.split() == ["/app/.venv/bin/ray", "token", "1"], out
+
+
 def test_sigterm_drains_then_stops_cleanly_and_frees_the_port(container):
     """Last of the container's tests: `podman stop` (SIGTERM, then SIGKILL after the grace period)."""
     name, url, port = container
