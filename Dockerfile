@@ -30,6 +30,9 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=300s --retries=3 \
 
 # ---- GPU: vLLM for CUDA (requirements-gpu.txt, as cluster.yaml installs it), serve_config.gpu.yaml
 FROM common AS gpu
+# Where pip looks besides PyPI (a mirror, a wheel folder mounted at build time); not kept in the image.
+ARG PIP_INDEX_URL
+ARG PIP_FIND_LINKS
 COPY requirements-gpu.txt ./
 RUN python -m venv .venv && pip install -r requirements-gpu.txt
 COPY . .
