@@ -19,6 +19,7 @@ import subprocess
 import time
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator, Optional
 
 import httpx
@@ -40,11 +41,14 @@ RUN_OPTIONS = ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096", 
 IMAGE = os.environ.get("RRR_TEST_IMAGE_TAG", "rrr-ray:cpu")
 API_KEY = "image-test-key"
 HEALTHY_WITHIN_S = 600
+# podman 4 schedules HEALTHCHECKs with systemd timers and refuses to start a container where
+# systemd is not running (a sandbox): there the checks run on demand (`podman healthcheck run`).
+ENV = {**os.environ, **({} if Path("/run/systemd/system").exists() else {"DISABLE_HC_SYSTEMD": "true"})}
 STOP_GRACE_S = 60
 
 
 def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([*PODMAN, *args], capture_output=True, text=True, timeout=timeout, check=check)
+    return subprocess.run([*PODMAN, *args], capture_output=True, text=True, timeout=timeout, check=check, env=ENV)
 
 
 def free_port() -> int:
@@ -186,7 +190,7 @@ def test_sigterm_drains_then_stops_cleanly_and_frees_the_port(container):
     """Last of the container's tests: `podman stop` (SIGTERM, then SIGKILL after the grace period)."""
     name, url, port = container
     stop = subprocess.Popen([*PODMAN, "stop", "--time", str(STOP_GRACE_S), name],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
     start, statuses = time.monotonic(), []
     while stop.poll() is None and time.monotonic() - start < STOP_GRACE_S + 30:
         statuses.append(health_status(url))
@@ -220,7 +224,7 @@ def test_compose_serves_the_cpu_service_on_loopback(image):
     if shutil.which("podman-compose") is None:
         pytest.fail("podman-compose is not installed (requirements/debian.txt)")
     port, project = free_port(), f"rrrtest{uuid.uuid4().hex[:6]}"
-    env = {**os.environ, "RRR_PORT": str(port), "RRR_API_KEY": API_KEY}
+    env = {**ENV, "RRR_PORT": str(port), "RRR_API_KEY": API_KEY}
     compose = ["podman-compose", "--podman-path", "podman", "-p", project, "-f", str(REPO / "compose.yaml")]
     (REPO / "out").mkdir(exist_ok=True)
     try:
