@@ -48,7 +48,7 @@ COPY requirements/ requirements/
 COPY scripts/install.sh scripts/
 RUN bash scripts/install.sh --runtime packages
 COPY . .
-RUN bash scripts/install.sh --runtime project models && install -d -o rrr -g rrr out
+RUN bash scripts/install.sh --runtime project models && chmod -R a+rX models && install -d -o rrr -g rrr out
 USER rrr
 ENV RRR_SERVE_CONFIG=serve_config.yaml
 CMD ["scripts/container-serve"]

@@ -71,17 +71,17 @@ def test_drain_pauses_this_runs_haproxy_and_waits_for_open_connections(tmp_path,
         port = s.getsockname()[1]
     config = tmp_path / "haproxy.cfg"
     config.write_text("defaults\n  mode http\n  timeout client 30s\n  timeout server 30s\n  timeout connect 1s\n"
-                      f"frontend http\n  bind 127.0.0.1:{port}\n  http-request return status 200\n")
+                      f"frontend rrr_test\n  bind 127.0.0.1:{port}\n  http-request return status 200\n")
     monkeypatch.setenv("RRR_HAPROXY_BINARY", get_haproxy_binary())
-    proc = subprocess.Popen([get_haproxy_binary(), "-db", "-f", str(config)])
+    proc = subprocess.Popen([get_haproxy_binary(), "-db", "-f", str(config)], stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        held, deadline = None, time.monotonic() + 10
+        while held is None and time.monotonic() < deadline and proc.poll() is None:
             try:
                 held = socket.create_connection(("127.0.0.1", port), timeout=1)  # an open client connection
-                break
             except OSError:
                 time.sleep(0.05)
+        assert held is not None, f"HAProxy did not listen: {proc.poll()} {proc.stderr.read() if proc.poll() else ''}"
         with held:
             time.sleep(0.2)
             start = time.monotonic()
