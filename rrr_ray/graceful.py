@@ -59,10 +59,10 @@ def open_requests(procs: list[psutil.Process], ports: set[int]) -> int:
     return count
 
 
-def drain(timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+def drain(timeout_s: float = DRAIN_TIMEOUT_S, binary: str | None = None) -> None:
     """Pause this run's HAProxy processes (no new connections), then wait up to ``timeout_s`` for
-    the connections they still serve."""
-    binary = os.environ.get("RRR_HAPROXY_BINARY")
+    the connections they still serve. ``binary``: HAProxy's (default: ``$RRR_HAPROXY_BINARY``)."""
+    binary = binary or os.environ.get("RRR_HAPROXY_BINARY")
     if not binary:
         return
     procs = haproxies(psutil.Process(), os.path.realpath(binary))

