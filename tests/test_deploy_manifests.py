@@ -108,7 +108,7 @@ def test_dockerfile_and_compose_keep_their_promises():
     assert "pip.conf" not in dockerfile  # the build machine's pip configuration is mounted, never copied
     # the wheels are installed before the code is copied, by the install script make install runs
     cpu = dockerfile[dockerfile.index("AS cpu"):]
-    assert cpu.index("install.sh --runtime packages") < cpu.index("COPY . .") < cpu.index("project models")
+    assert cpu.index("install.sh --runtime debian packages") < cpu.index("COPY . .") < cpu.index("project models")
     compose = yaml.safe_load((REPO / "compose.yaml").read_text())
     for name, service in compose["services"].items():
         assert all(p.startswith("127.0.0.1:") for p in service["ports"]), name
