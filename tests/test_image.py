@@ -172,7 +172,7 @@ def test_the_image_healthcheck_reports_healthy(container):
     name, _, _ = container
     image = json.loads(podman("image", "inspect", IMAGE).stdout)[0]
     config = image["Config"]
-    healthcheck = image.get("HealthCheck") or config.get("Healthcheck") or {}  # podman's key, docker's key
+X
     assert "/health" in " ".join(healthcheck.get("Test", [])), image
     assert config.get("User") == "rrr" and "8000/tcp" in config["ExposedPorts"]
     check = podman("healthcheck", "run", name, check=False)
