@@ -5,20 +5,29 @@ BIN := $(VENV)/bin
 # Every command runs with the CPU-node environment defined once in rrr_ray/env.py (set values win).
 RUN := $(BIN)/python -m rrr_ray.env
 
-.PHONY: install serve test test-fast model model-report model-tiny benchmark bench compare loadtest clean-venv
+.PHONY: install serve test test-fast test-image image image-gpu model model-report model-tiny benchmark bench compare loadtest clean-venv
 
 install:
 	@bash scripts/install.sh
 
 serve: install ## install if needed, then serve the default model on 127.0.0.1:8000
 	@$(RUN) $(BIN)/python -m rrr_ray.serving.ports serve_config.yaml
-	$(RUN) $(BIN)/serve run serve_config.yaml
+	$(RUN) $(BIN)/python -m rrr_ray.graceful serve run serve_config.yaml
 
 test: install ## install if needed, then run the whole test suite
 	$(RUN) $(BIN)/python -m pytest tests
 
 test-fast: install ## the unit tests only (no Ray Serve, no vLLM engine)
 	$(RUN) $(BIN)/python -m pytest tests -m "not e2e"
+
+test-image: install ## build the CPU image with podman, run it on 127.0.0.1, test it and stop it (tests/test_image.py)
+	RRR_TEST_IMAGE=1 $(RUN) $(BIN)/python -m pytest tests/test_image.py
+
+image: ## the CPU image rrr-ray:cpu (podman; Dockerfile, scripts/build-image)
+	bash scripts/build-image cpu
+
+image-gpu: ## the GPU image rrr-ray:gpu (vLLM for CUDA, serve_config.gpu.yaml; needs an NVIDIA GPU to run)
+	bash scripts/build-image gpu
 
 model: install ## retrain the default's RRR adapter from scratch, merge it, measure it (models/rrr-smollm2-lora)
 	$(RUN) $(BIN)/python -m jobs.train_default_model
