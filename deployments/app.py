@@ -48,14 +48,18 @@ def build_app(args: dict[str, Any]) -> Application:
     config = AppArgs.model_validate(args)
     streaming = config.streaming().model_dump()
     handles: dict[str, Any] = {}
+    multiplexed: list[str] = []  # models whose adapters are routed by Serve model multiplexing
     engines: list[dict[str, Any]] = []  # run inside the ingress
     cards: list[dict[str, Any]] = []
+    adapter_models: list[dict[str, Any]] = []  # the models' configs, for the adapter catalog
     ingress_options = config.ingress.serve_options("RRRIngress")
     resources = ingress_options["ray_actor_options"]
     for model in config.models:
         engine = model.model_dump(include=set(EngineConfig.model_fields))
         engine["path"] = resolve_path(model.path)
         engine["lora_modules"] = {k: resolve_path(v) for k, v in model.lora_modules.items()}
+        if model.adapters is not None:  # adapter folders: relative to the repository, existing or not yet
+            engine["adapters"]["folders"] = [f if "://" in f else str(REPO / f) for f in model.adapters.folders]
         if model.placement == "ingress":
             engines.append(engine)
             resources["num_cpus"] = round(resources["num_cpus"] + model.deployment.num_cpus, 4)
@@ -64,10 +68,19 @@ def build_app(args: dict[str, Any]) -> Application:
             bound = RRRModel.options(**model.deployment.serve_options(f"RRRModel:{model.name}")).bind(
                 engine=engine, streaming=streaming)
             handles.update((name, bound) for name in model.served_names())
+            if model.adapters is not None and model.adapters.multiplexed:
+                multiplexed.append(model.name)
         cards += model_cards(model)
+        if model.adapters is not None or model.lora_modules:
+            adapter_models.append(engine)
     ingress = RRRIngress.options(**ingress_options)
     limits = config.limits.model_dump()
+    adapters = {"models": adapter_models, "runtime_loading": config.runtime_adapters, "root": str(REPO),
+                "multiplexed": multiplexed}
     if config.postprocessor.placement == "ingress":
-        return ingress.bind(cards, config.default_model, streaming, models=handles, engines=engines, limits=limits)
-    postprocessor = RRRPostProcessor.options(**config.postprocessor.serve_options("RRRPostProcessor")).bind(handles)
-    return ingress.bind(cards, config.default_model, streaming, postprocessor=postprocessor, limits=limits)
+        return ingress.bind(cards, config.default_model, streaming, models=handles, engines=engines, limits=limits,
+                            adapters=adapters)
+    postprocessor = RRRPostProcessor.options(**config.postprocessor.serve_options("RRRPostProcessor")).bind(
+        handles, multiplexed)
+    return ingress.bind(cards, config.default_model, streaming, postprocessor=postprocessor, limits=limits,
+                        adapters=adapters)

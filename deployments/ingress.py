@@ -14,6 +14,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.postprocessor import RemotePostProcessing, remote_models
+from rrr_ray.serving.adapters import AdapterCatalog
 from rrr_ray.serving.api import create_app, install_service
 from rrr_ray.serving.config import StreamingOptions
 from rrr_ray.serving.limits import HttpLimits
@@ -31,9 +32,11 @@ class RRRIngress:
     async def __init__(self, cards: list[dict], default_model: Optional[str], streaming: dict[str, Any],
                        postprocessor: Optional[DeploymentHandle] = None,
                        models: Optional[dict[str, DeploymentHandle]] = None,
-                       engines: Optional[list[dict]] = None, limits: Optional[dict[str, Any]] = None) -> None:
+                       engines: Optional[list[dict]] = None, limits: Optional[dict[str, Any]] = None,
+                       adapters: Optional[dict[str, Any]] = None) -> None:
         """``engines``: configs (``EngineConfig`` fields) of the models this replica runs itself;
-        ``limits``: ``HttpLimits`` fields, what one HTTP request may ask."""
+        ``limits``: ``HttpLimits`` fields, what one HTTP request may ask; ``adapters``: the configs of
+        the models with LoRA adapters, ``runtime_loading``, ``root`` and the ``multiplexed`` models."""
         if (postprocessor is None) == (not models and not engines):
             raise ValueError("give the ingress either a post-processor deployment or the models")
         if postprocessor is not None and engines:
@@ -45,10 +48,17 @@ class RRRIngress:
             self.postprocessing = RemotePostProcessing(postprocessor)
         else:
             local = {name: s for s in self.servers for name in s.config.served_names()}
-            self.postprocessing = PostProcessing({**remote_models(models or {}), **local})
+            multiplexed = (adapters or {}).get("multiplexed", [])
+            self.postprocessing = PostProcessing({**remote_models(models or {}, multiplexed), **local})
+        catalog = None
+        if adapters and adapters.get("models"):
+            catalog = AdapterCatalog.from_models(adapters["models"], adapters.get("runtime_loading", "off"),
+                                                 adapters.get("root"))
+            catalog.stages = self.postprocessing
         install_service(RRRService(
             stream=self.postprocessing.stream, health=self._health, models=[ServedModel(**m) for m in cards],
-            default_model=default_model, metrics=try_create_metrics(), limits=HttpLimits(**(limits or {}))))
+            default_model=default_model, metrics=try_create_metrics(), limits=HttpLimits(**(limits or {})),
+            adapters=catalog))
 
     async def _health(self) -> dict[str, dict[str, Any]]:
         try:

@@ -13,6 +13,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, Field, model_validator
 
+from rrr_ray.serving.adapter_options import RuntimeLoading
 from rrr_ray.serving.batching import LoadAwareWindow
 from rrr_ray.serving.engine import EngineConfig
 from rrr_ray.serving.limits import HttpLimits
@@ -92,6 +93,9 @@ class AppArgs(StreamingOptions):
     postprocessor: PostProcessorOptions = Field(default_factory=PostProcessorOptions)
     limits: HttpLimits = Field(default_factory=HttpLimits, description="What one HTTP request may ask: body and "
                                "header size, new tokens, messages, prompt length, stop strings.")
+    runtime_adapters: RuntimeLoading = Field("with_api_keys", description=(
+        "POST /v1/load_lora_adapter and /v1/unload_lora_adapter (models with 'adapters:'): 'on' (a server "
+        "listening on loopback only), 'off', or 'with_api_keys': only while API keys are on (RRR_API_KEY)."))
 
     @model_validator(mode="after")
     def _names_unique(self) -> "AppArgs":

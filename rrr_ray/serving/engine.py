@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator, Iterable, Optional
 
 from pydantic import BaseModel, Field
 
+from rrr_ray.serving.adapter_options import AdapterOptions
 from rrr_ray.serving.protocol import EngineRequest
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,10 @@ class EngineConfig(BaseModel):
     max_model_len: int = Field(1024, ge=16, description="Context length (prompt + reply) in tokens.")
     max_num_seqs: int = Field(32, ge=1, description="Most sequences batched per engine step.")
     lora_modules: dict[str, str] = Field(default_factory=dict, description="LoRA adapter name -> path; served as models.")
-    max_lora_rank: int = Field(16, ge=1)
+    max_lora_rank: int = Field(16, ge=1, description="Highest LoRA rank served (adapters above it get a 400).")
+    adapters: Optional[AdapterOptions] = Field(None, description=(
+        "LoRA adapters on demand (rrr_ray.serving.adapters): found by name in folders, loaded at run time, "
+        "an LRU per replica. None: only lora_modules."))
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU only.")
     enforce_eager: bool = Field(False, description="Disable CUDA graphs / compilation.")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra vLLM AsyncEngineArgs.")
@@ -66,7 +70,10 @@ class EngineConfig(BaseModel):
             max_num_seqs=self.max_num_seqs, enforce_eager=self.enforce_eager, disable_log_stats=True,
             gpu_memory_utilization=self.gpu_memory_utilization,
         )
-        if self.lora_modules:
+        if self.adapters is not None:  # on demand: slots and LRU from the config, lora_modules among them
+            kwargs.update(enable_lora=True, max_lora_rank=self.max_lora_rank, max_loras=self.adapters.max_loras,
+                          max_cpu_loras=self.adapters.max_cpu_loras)
+        elif self.lora_modules:
             kwargs.update(enable_lora=True, max_lora_rank=self.max_lora_rank, max_loras=len(self.lora_modules))
         if self.engine_cpus is not None:
             kwargs.update(distributed_executor_backend=PINNED_EXECUTOR,
@@ -121,9 +128,21 @@ class Engine(abc.ABC):
         """Load the model; called once before serving."""
 
     def check_served(self, model: str) -> None:
-        """Raise ``ModelNotServedError`` unless this engine serves ``model``."""
-        if model not in self.config.served_names():
-            raise ModelNotServedError(model, self.config.served_names())
+        """Raise ``ModelNotServedError`` unless this engine serves ``model`` (or has it loaded as an adapter)."""
+        if model not in self.config.served_names() and model not in self.loaded_adapters():
+            raise ModelNotServedError(model, [*self.config.served_names(), *self.loaded_adapters()])
+
+    # -- LoRA adapters loaded at run time (rrr_ray.serving.adapters.AdapterLRU drives these) --------
+
+    def loaded_adapters(self) -> list[str]:
+        return []
+
+    async def add_adapter(self, name: str, path: str, adapter_id: int) -> None:
+        """Load the LoRA adapter in folder ``path`` as ``name``; raise ``BadRequestError`` when it cannot be."""
+        raise BadRequestError(f"the engine of {self.config.name} cannot load LoRA adapters")
+
+    async def remove_adapter(self, name: str) -> None:  # noqa: B027 - optional hook
+        """Free the adapter ``name``."""
 
     @abc.abstractmethod
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
@@ -196,7 +215,8 @@ class VLLMEngine(Engine):
         super().__init__(config)
         self._engine: Any = None
         self._tokenizer: Any = None
-        self._lora: dict[str, Any] = {}
+        self._static: dict[str, Any] = {}  # lora_modules
+        self._lora: dict[str, Any] = {}  # loaded at run time (add_adapter), lora_modules among them once used
 
     async def start(self) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -209,7 +229,7 @@ class VLLMEngine(Engine):
         # replica's other models keep serving meanwhile (an engine restarted in place).
         self._engine = await asyncio.to_thread(_build_async_llm, AsyncLLM, AsyncEngineArgs(**cfg.vllm_engine_args()))
         self._tokenizer = self._engine.get_tokenizer()
-        self._lora = {name: LoRARequest(name, i + 1, path) for i, (name, path) in enumerate(cfg.lora_modules.items())}
+        self._static = {name: LoRARequest(name, i + 1, path) for i, (name, path) in enumerate(cfg.lora_modules.items())}
         if cfg.engine_niceness is not None:
             set_child_niceness(cfg.engine_niceness)
         logger.info("vLLM engine for %s ready in %.1f s", cfg.name, time.perf_counter() - started)
@@ -255,7 +275,7 @@ class VLLMEngine(Engine):
             request_id = request.request_id if attempt == 0 else f"{request.request_id}-retry"
             # Rendered input: vLLM takes it as it is, with no hop through its tokenizer thread pool.
             stream = self._engine.generate(tokens_input(ids), params, request_id,
-                                           lora_request=self._lora.get(request.model))
+                                           lora_request=self._lora.get(request.model) or self._static.get(request.model))
             emitted = 0
             try:
                 async for out in stream:
@@ -290,6 +310,29 @@ class VLLMEngine(Engine):
 
     def num_unfinished_requests(self) -> int:
         return self._engine.get_num_unfinished_requests() if self._engine is not None else 0
+
+    def loaded_adapters(self) -> list[str]:
+        return list(self._lora)
+
+    async def add_adapter(self, name: str, path: str, adapter_id: int) -> None:
+        """vLLM's ``add_lora``: the adapter is read and checked now (a broken one fails here, with the
+        engine still serving), so no request fails on it later."""
+        from vllm.lora.request import LoRARequest
+
+        if not self.config.lora_modules and self.config.adapters is None:
+            raise BadRequestError(f"model {self.config.name!r} takes no LoRA adapters (no 'adapters:' in its config)")
+        request = LoRARequest(name, adapter_id, path)
+        try:
+            await self._engine.add_lora(request)
+        except Exception as exc:  # vLLM's own check of the folder (target modules, shapes, files)
+            raise BadRequestError(f"adapter {name!r} cannot be loaded on {self.config.name}: "
+                                  f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}") from None
+        self._lora[name] = request
+
+    async def remove_adapter(self, name: str) -> None:
+        request = self._lora.pop(name, None)
+        if request is not None and self._engine is not None:
+            await self._engine.remove_lora(request.lora_int_id)
 
     def shutdown(self) -> None:
         if self._engine is not None:

@@ -44,6 +44,7 @@ class ModelChunk:
     engine_time_s: Optional[float] = None  # on the last chunk
     error: Optional[str] = None
     status: Optional[int] = None  # an HTTP status when the request itself was bad
+    adapter_load_s: Optional[float] = None  # on the first chunk, for a LoRA adapter: its load time here (0: warm)
 
 
 @dataclass(slots=True)
@@ -61,6 +62,7 @@ class FinalRecord:
     repaired_text: Optional[str] = None  # with repair only
     repair: Optional[RepairReport] = None  # with repair only
     heal: Optional[HealReport] = None  # a healed reply only
+    adapter_load_s: Optional[float] = None  # a LoRA adapter's load time for this request (0: warm)
 
 
 @dataclass(slots=True)
@@ -215,6 +217,7 @@ class _Reply:
         self.own_tokens = 0  # healed: the tokens of the model's own part that were kept
         self.own_time_s = 0.0  # healed: the engine time of the model's own part
         self.continuation_ttft: Optional[float] = None
+        self.adapter_load_s: Optional[float] = None
 
     def text(self) -> str:
         return "".join(self.parts)
@@ -229,6 +232,8 @@ class _Reply:
             self.cached_tokens = chunk.cached_tokens
         if chunk.engine_ttft_s is not None:
             self.engine_ttft = chunk.engine_ttft_s
+        if chunk.adapter_load_s is not None:
+            self.adapter_load_s = chunk.adapter_load_s
 
     def take(self, chunk: ModelChunk) -> tuple[list[tuple[str, Optional[str]]], Optional[HealReport]]:
         """Label the chunk's texts; while watching, only up to where the reply breaks the format
@@ -291,7 +296,7 @@ class _Reply:
         final = FinalRecord(text=self.text(), validation=self.labeler.close(), input_tokens=self.input_tokens,
                             output_tokens=self.output_tokens, finish_reason=chunk.finish_reason,
                             engine_ttft_s=engine_ttft, engine_time_s=engine_time, cached_tokens=self.cached_tokens,
-                            heal=self.heal)
+                            heal=self.heal, adapter_load_s=self.adapter_load_s)
         if with_repair:
             final.repaired_text, final.repair = repair(final.text)
         return final
