@@ -285,3 +285,38 @@ def test_engine_args_take_slots_and_lru_from_the_config_beside_lora_modules():
 
 def test_broken_adapter_is_a_bad_request_subclass():
     assert issubclass(BrokenAdapter, AdapterError) and BrokenAdapter("x").status == 400
+
+
+# -- publishing -----------------------------------------------------------------------------------------
+
+def test_publishing_replaces_a_version_atomically_and_refuses_bad_names(tmp_path):
+    from rrr_ray.training.publish import publish_adapter
+
+    folder = tmp_path / "served"
+    first = publish_adapter(TINY_LORA, folder, "coach")
+    assert (first / "adapter_model.safetensors").exists() and list_folder(str(folder)) == ["coach"]
+    second = adapter_copy(tmp_path, "v2", r=8)
+    assert publish_adapter(second, folder, "coach") == first
+    assert json.loads((first / "adapter_config.json").read_text())["r"] == 8
+    assert [p.name for p in folder.iterdir()] == ["coach"]  # no staging or old folder left
+    for bad in ("a:b", "../x", "", ".hidden"):
+        with pytest.raises(ValueError, match="adapter name"):
+            publish_adapter(TINY_LORA, folder, bad)
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        publish_adapter(tmp_path, folder, "empty")
+
+
+def test_the_publish_job_and_train_lora_refuse_bad_input(tmp_path):
+    import subprocess
+    import sys
+
+    bad_name = subprocess.run([sys.executable, "-m", "jobs.train_lora", "--base-model", "models/rrr-tiny",
+                               "--output-dir", str(tmp_path / "o"), "--publish-to", str(tmp_path), "--adapter-name",
+                               "a:b"], cwd=REPO, capture_output=True, text=True)
+    assert bad_name.returncode == 2 and "--adapter-name 'a:b'" in bad_name.stderr
+    missing = subprocess.run([sys.executable, "-m", "jobs.publish_adapter", str(tmp_path / "nope"), str(tmp_path),
+                              "--name", "x"], cwd=REPO, capture_output=True, text=True)
+    assert missing.returncode == 2 and "no adapter_config.json" in missing.stderr
+    ok = subprocess.run([sys.executable, "-m", "jobs.publish_adapter", str(TINY_LORA), str(tmp_path / "s"),
+                         "--name", "coach"], cwd=REPO, capture_output=True, text=True)
+    assert ok.returncode == 0 and (tmp_path / "s" / "coach" / "adapter_config.json").exists()
