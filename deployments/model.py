@@ -35,11 +35,6 @@ class RRRModel(ModelServer):
             self._route = serve.multiplexed(max_num_models_per_replica=options.max_cpu_loras)(held)
         await self.start()
 
-    @serve.multiplexed(max_num_models_per_replica=1)
-    async def _multiplexing(self, adapter: str) -> str:
-        """Never called: marks the class as multiplexed for Serve (the instance's ``_route`` has the size)."""
-        return adapter
-
     async def stream(self, request: EngineRequest) -> AsyncIterator[ModelChunk]:
         route = getattr(self, "_route", None)
         if route is not None and request.adapter_path is not None:
