@@ -96,7 +96,7 @@ def test_load_then_unload_at_run_time_in_the_ingress_replica(serve_url):
     assert post(serve_url, "/v1/unload_lora_adapter", {"lora_name": name}).status_code == 200
     assert name not in models(serve_url)
     gone = post(serve_url, "/generate", {"prompt": "hi", "model": name})
-    assert gone.status_code == 404 and "not served" in gone.json()["error"]
+    assert gone.status_code == 404 and "'tiny-lora' is not loaded" in gone.json()["error"]
 
 
 def test_bad_adapters_get_4xx_and_the_engines_serve_on(serve_url, trained, tmp_path):
