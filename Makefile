@@ -20,9 +20,10 @@ test: install ## install if needed, then run the whole test suite
 test-fast: install ## the unit tests only (no Ray Serve, no vLLM engine)
 	$(RUN) $(BIN)/python -m pytest tests -m "not e2e"
 
-model: install ## retrain the default's RRR adapter from scratch, merge it, measure it (models/rrr-smollm2-lora)
+model: install ## retrain the default's RRR adapter from scratch, merge it, measure it (models/rrr-smollm2-lora); PUBLISH_TO=DIR also serves it unmerged as <base>:rrr
 	$(RUN) $(BIN)/python -m jobs.train_default_model
 	$(RUN) $(BIN)/python -m jobs.prepare_models
+	$(if $(PUBLISH_TO),$(RUN) $(BIN)/python -m jobs.publish_adapter models/rrr-smollm2-lora $(PUBLISH_TO) --name rrr)
 	$(MAKE) model-report
 
 model-report: install ## measure the default against its base and the seed: format, coherence, speed (JSON + card)
