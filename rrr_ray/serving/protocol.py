@@ -500,7 +500,7 @@ class ModelList(BaseModel):
 class LoadLoraAdapterRequest(BaseModel):
     """``POST /v1/load_lora_adapter``, as vLLM takes it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     lora_name: str = Field(min_length=1, max_length=256, description=(
         "'<model>:<adapter>', or a plain adapter name where one served model takes adapters (or its "
         "adapter_config.json names the model)."))
@@ -514,7 +514,7 @@ class LoadLoraAdapterRequest(BaseModel):
 class UnloadLoraAdapterRequest(BaseModel):
     """``POST /v1/unload_lora_adapter``, as vLLM takes it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     lora_name: str = Field(min_length=1, max_length=256)
     lora_int_id: Optional[int] = Field(None, description="Accepted for vLLM's clients; not used.")
 
