@@ -162,10 +162,11 @@ def test_the_lru_keeps_the_most_recent_adapters_with_stable_ids_and_spares_those
         async with lru.use(engine, "a", "/a"), lru.use(engine, "c", "/c"):
             async with lru.use(engine, "d", "/d"):  # a and c are in use: none is evicted meanwhile
                 assert set(lru.loaded) == {"a", "c", "d"}
+        assert list(lru.loaded) == ["a", "c"]  # back within capacity once d is not in use
         async with lru.use(engine, "b", "/b"):
             pass
         assert lru.ids == {"configured": 1, "a": 2, "b": 3, "c": 4, "d": 5}  # b kept its id
-        assert ("remove", "b") in engine.calls and lru.stats()["warm_hits"] == 3
+        assert ("remove", "b") in engine.calls and ("remove", "d") in engine.calls and lru.stats()["warm_hits"] == 3
         assert await lru.release(engine, "b") and not await lru.release(engine, "b")
 
     asyncio.run(run())

@@ -480,6 +480,8 @@ class AdapterLRU:
             self.in_use[name] -= 1
             if not self.in_use[name]:
                 del self.in_use[name]
+                if len(self.loaded) > self.capacity:  # held beyond capacity while in use: back within it
+                    await self._evict(engine, keep=self.capacity)
 
     async def _acquire(self, engine: Any, name: str, location: str) -> float:
         if name in self.loaded:
