@@ -29,9 +29,10 @@ image: ## the CPU image rrr-ray:cpu (podman; Dockerfile, scripts/build-image)
 image-gpu: ## the GPU image rrr-ray:gpu (vLLM for CUDA, serve_config.gpu.yaml; needs an NVIDIA GPU to run)
 	bash scripts/build-image gpu
 
-model: install ## retrain the default's RRR adapter from scratch, merge it, measure it (models/rrr-smollm2-lora)
+model: install ## retrain the default's RRR adapter from scratch, merge it, measure it (models/rrr-smollm2-lora); PUBLISH_TO=DIR also serves it unmerged as <base>:rrr
 	$(RUN) $(BIN)/python -m jobs.train_default_model
 	$(RUN) $(BIN)/python -m jobs.prepare_models
+	$(if $(PUBLISH_TO),$(RUN) $(BIN)/python -m jobs.publish_adapter models/rrr-smollm2-lora $(PUBLISH_TO) --name rrr)
 	$(MAKE) model-report
 
 model-report: install ## measure the default against its base and the seed: format, coherence, speed (JSON + card)

@@ -20,7 +20,8 @@ from ray.serve import Application
 from deployments.ingress import RRRIngress
 from deployments.model import RRRModel
 from deployments.postprocessor import RRRPostProcessor
-from rrr_ray.paths import resolve
+from rrr_ray.paths import REPO, resolve
+from rrr_ray.serving.adapters import AdapterServing, is_uri
 from rrr_ray.serving.config import AppArgs, EngineConfig, ModelArgs
 from rrr_ray.serving.service import ServedModel
 
@@ -30,6 +31,9 @@ def engine_config(model: ModelArgs) -> EngineConfig:
     the replica runs)."""
     fields = model.model_dump(include=set(EngineConfig.model_fields))
     fields.update(path=resolve(model.path), lora_modules={k: resolve(v) for k, v in model.lora_modules.items()})
+    if model.adapters is not None:  # adapter folders: relative to the repository, existing or not yet
+        fields["adapters"] = model.adapters.model_copy(update={
+            "folders": [f if is_uri(f) else str(REPO / f) for f in model.adapters.folders]})
     return EngineConfig.model_validate(fields)
 
 
@@ -51,6 +55,8 @@ def build_app(args: dict[str, Any]) -> Application:
     handles: dict[str, Any] = {}
     engines: list[EngineConfig] = []  # run inside the ingress
     served: list[ServedModel] = []
+    with_adapters: list[EngineConfig] = []  # the models' configs, for the adapter catalog
+    multiplexed: list[str] = []  # models whose adapters are routed by Serve model multiplexing
     ingress_options = config.ingress.serve_options("RRRIngress")
     resources = ingress_options["ray_actor_options"]
     for model in config.models:
@@ -63,10 +69,17 @@ def build_app(args: dict[str, Any]) -> Application:
             bound = RRRModel.options(**model.deployment.serve_options(f"RRRModel:{model.name}")).bind(
                 engine=engine, streaming=streaming)
             handles.update((name, bound) for name in model.served_names())
+            if model.adapters is not None and model.adapters.multiplexed:
+                multiplexed.append(model.name)
         served += served_model_entries(model)
+        if model.adapters is not None or model.lora_modules:
+            with_adapters.append(engine)
     ingress = RRRIngress.options(**ingress_options)
-    common = dict(served=served, default_model=config.default_model, streaming=streaming, limits=config.limits)
+    adapters = AdapterServing(models=with_adapters, runtime_loading=config.runtime_adapters, multiplexed=multiplexed)
+    common = dict(served=served, default_model=config.default_model, streaming=streaming, limits=config.limits,
+                  adapters=adapters)
     if config.postprocessor.placement == "ingress":
         return ingress.bind(**common, models=handles, engines=engines)
-    postprocessor = RRRPostProcessor.options(**config.postprocessor.serve_options("RRRPostProcessor")).bind(handles)
+    postprocessor = RRRPostProcessor.options(**config.postprocessor.serve_options("RRRPostProcessor")).bind(
+        models=handles, multiplexed=multiplexed)
     return ingress.bind(**common, postprocessor=postprocessor)

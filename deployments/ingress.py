@@ -17,6 +17,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.postprocessor import RemotePostProcessing, remote_models
+from rrr_ray.serving.adapters import AdapterCatalog, AdapterServing
 from rrr_ray.serving.api import create_app
 from rrr_ray.serving.config import EngineConfig, StreamingOptions
 from rrr_ray.serving.limits import HttpLimits
@@ -33,8 +34,10 @@ class RRRIngress:
     async def __init__(self, served: list[ServedModel], default_model: Optional[str], streaming: StreamingOptions,
                        limits: HttpLimits, postprocessor: Optional[DeploymentHandle] = None,
                        models: Optional[dict[str, DeploymentHandle]] = None,
-                       engines: Optional[list[EngineConfig]] = None) -> None:
-        """``engines``: the models this replica runs itself; ``limits``: what one HTTP request may ask."""
+                       engines: Optional[list[EngineConfig]] = None,
+                       adapters: Optional[AdapterServing] = None) -> None:
+        """``engines``: the models this replica runs itself; ``limits``: what one HTTP request may ask;
+        ``adapters``: the models that take LoRA adapters on demand (``rrr_ray.serving.adapters``)."""
         if (postprocessor is None) == (not models and not engines):
             raise ValueError("give the ingress either a post-processor deployment or the models")
         if postprocessor is not None and engines:
@@ -45,9 +48,15 @@ class RRRIngress:
             self.postprocessing = RemotePostProcessing(postprocessor)
         else:
             local = {name: s for s in self.servers for name in s.config.served_names()}
-            self.postprocessing = PostProcessing({**remote_models(models or {}), **local})
+            multiplexed = adapters.multiplexed if adapters is not None else []
+            self.postprocessing = PostProcessing({**remote_models(models or {}, multiplexed), **local})
+        catalog = None
+        if adapters is not None and adapters.models:
+            catalog = AdapterCatalog.from_models(adapters.models, adapters.runtime_loading)
+            catalog.stages = self.postprocessing
         self.service = RRRService(stream=self.postprocessing.stream, health=self._health, models=served,
-                                  default_model=default_model, metrics=try_create_metrics(), limits=limits)
+                                  default_model=default_model, metrics=try_create_metrics(), limits=limits,
+                                  adapters=catalog)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve's hook, after ``__init__``: the HTTP app over this replica's service."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, AsyncIterator, Callable, Optional, TypeVar
+from typing import Any, AsyncIterator, Callable, Iterable, Optional, TypeVar
 
 from ray import serve
 from ray.serve.exceptions import BackPressureError
@@ -76,22 +76,56 @@ async def remote_health(call: Any, deployment: str, timeout_s: float) -> Any:
 
 
 class RemoteModel:
-    """A model deployment (``RRRModel``) as a post-processing ``Model``: one Ray hop per request."""
+    """A model deployment (``RRRModel``) as a post-processing ``Model``: one Ray hop per request.
 
-    def __init__(self, handle: DeploymentHandle) -> None:
+    With ``multiplexed``, a request for a LoRA adapter names it as Serve's ``multiplexed_model_id``:
+    Serve routes it to a replica that holds the adapter already (a healed reply's continuation names
+    the same adapter, so it goes there too)."""
+
+    FREE_CALLS = 4
+    """Unloading an adapter asks up to this many replicas that Serve says hold it."""
+
+    def __init__(self, handle: DeploymentHandle, multiplexed: bool = False) -> None:
         self.handle = handle
         self.streaming = handle.options(stream=True)
         self.name = handle.deployment_name
+        self.multiplexed = multiplexed
+        self._by_adapter: dict[str, DeploymentHandle] = {}
+
+    def _for(self, request: EngineRequest) -> DeploymentHandle:
+        if not self.multiplexed or request.adapter_path is None:
+            return self.streaming
+        handle = self._by_adapter.get(request.model)
+        if handle is None:
+            handle = self._by_adapter[request.model] = self.streaming.options(multiplexed_model_id=request.model)
+        return handle
 
     def stream(self, request: EngineRequest) -> AsyncIterator[ModelChunk]:
-        return cancelling(self.streaming.stream.remote(request), self.name, _model_failure)
+        return cancelling(self._for(request).stream.remote(request), self.name, _model_failure)
+
+    async def load_adapter(self, name: str, path: str) -> dict[str, Any]:
+        handle = self.handle.options(multiplexed_model_id=name) if self.multiplexed else self.handle
+        return await handle.load_adapter.remote(name, path)
+
+    async def free_adapter(self, name: str) -> bool:
+        """Unload ``name`` from the replicas that hold it (as far as Serve's routing knows)."""
+        handle = self.handle.options(multiplexed_model_id=name) if self.multiplexed else self.handle
+        freed = False
+        for _ in range(self.FREE_CALLS):
+            if not await handle.free_adapter.remote(name):
+                break
+            freed = True
+        self._by_adapter.pop(name, None)
+        return freed
 
     async def health(self) -> StageHealth:
         return await remote_health(self.handle.health.remote(), self.name, MODEL_HEALTH_TIMEOUT_S)
 
 
-def remote_models(handles: dict[str, DeploymentHandle]) -> dict[str, RemoteModel]:
-    return {name: RemoteModel(handle) for name, handle in handles.items()}
+def remote_models(handles: dict[str, DeploymentHandle], multiplexed: Iterable[str] = ()) -> dict[str, RemoteModel]:
+    """``multiplexed``: the served names whose deployments route adapters by Serve model multiplexing."""
+    routed = set(multiplexed)
+    return {name: RemoteModel(handle, name in routed) for name, handle in handles.items()}
 
 
 class RemotePostProcessing:
@@ -108,10 +142,16 @@ class RemotePostProcessing:
     async def health(self) -> dict[str, StageHealth]:
         return await remote_health(self.handle.health.remote(), self.name, POSTPROCESSOR_HEALTH_TIMEOUT_S)
 
+    async def load_adapter(self, base: str, name: str, path: str) -> dict[str, Any]:
+        return await self.handle.load_adapter.remote(base, name, path)
+
+    async def free_adapter(self, base: str, name: str) -> bool:
+        return await self.handle.free_adapter.remote(base, name)
+
 
 @serve.deployment(name="RRRPostProcessor")
 class RRRPostProcessor(PostProcessing):
     """``PostProcessing`` in replicas of its own, over the model deployments' handles."""
 
-    def __init__(self, models: dict[str, DeploymentHandle]) -> None:
-        super().__init__(remote_models(models))
+    def __init__(self, models: dict[str, DeploymentHandle], multiplexed: Iterable[str] = ()) -> None:
+        super().__init__(remote_models(models, multiplexed))

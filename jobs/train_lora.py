@@ -9,6 +9,10 @@ report adapter-vs-base compliance on held-out prompts as JSON.
 
 Output layout (either backend): OUTPUT_DIR/adapter/ (LoRA) or OUTPUT_DIR/model/ (full),
 OUTPUT_DIR/train_result.json, OUTPUT_DIR/compliance.json.
+
+--publish-to FOLDER copies the adapter to FOLDER/NAME (NAME: --adapter-name, default the output
+folder's name), atomically: with FOLDER among a served model's adapters.folders, the running graph
+serves it as <model>:NAME on the next request (docs/adapters.md).
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster started "
                    "when RAY_ADDRESS is unset (default: num_workers)")
     add_config_options(p, SFTJobConfig, FIELDS_AFTER_NUM_CPUS, FLAGS)
+    p.add_argument("--publish-to", default=None, help="a served adapter folder: the adapter is copied to "
+                   "PUBLISH_TO/ADAPTER_NAME when training ends (LoRA only)")
+    p.add_argument("--adapter-name", default=None, help="its name there (default: the output folder's name)")
     return p.parse_args(argv)
 
 
@@ -82,6 +89,13 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         die(str(exc))
     validate_inputs(cfg)
+    if args.publish_to and cfg.method != "lora":
+        die("--publish-to publishes a LoRA adapter (--method lora)")
+    adapter_name = args.adapter_name or Path(cfg.output_dir).name
+    from rrr_ray.training.publish import NAME, publish_adapter
+
+    if args.publish_to and not NAME.match(adapter_name):
+        die(f"--adapter-name {adapter_name!r}: letters, digits, '.', '_' and '-' only, no ':' or '/'")
     from rrr_ray.training.finetune import fine_tune
 
     try:
@@ -89,6 +103,8 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         die(str(exc))
     summary.pop("checkpoints", None)
+    if args.publish_to:
+        summary["published"] = str(publish_adapter(Path(cfg.output_dir) / "adapter", args.publish_to, adapter_name))
     print_summary(f"{cfg.method} fine-tune done", summary)
     return 0
 

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import aiohttp
 import httpx
+import psutil
 
 from loadtest.metrics import RequestRecord, StreamReader, StreamTracker
 from rrr_ray.paths import REPO
@@ -106,3 +111,27 @@ async def wait_healthy(base_url: str, timeout: float = 180.0, proc=None) -> None
                 pass
             await asyncio.sleep(0.5)
     raise TimeoutError(f"{base_url}/health not healthy after {timeout:.0f}s")
+
+
+async def all_healthy(base_url: str, variants: list[str], proc: subprocess.Popen, timeout_s: float) -> None:
+    """Every variant's ``/health`` answering 200 within ``timeout_s`` in all."""
+    deadline = time.monotonic() + timeout_s
+    for v in variants:
+        await wait_healthy(f"{base_url}/{v}", max(deadline - time.monotonic(), 1.0), proc)
+
+
+def stop_serve_run(proc: subprocess.Popen, tree: list[Any]) -> None:
+    """``serve run`` stopped as by Ctrl-C, then anything of its process tree that outlives it."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    _, alive = psutil.wait_procs(tree, timeout=15)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -36,7 +34,7 @@ from typing import Any, Optional
 import psutil
 import yaml
 
-from loadtest.client import wait_healthy
+from loadtest.client import all_healthy, stop_serve_run
 from loadtest.compare.measure import measure_http_level
 from loadtest.investigations.cpu_share import cpu_seconds
 from rrr_ray.paths import REPO
@@ -129,30 +127,6 @@ def medians(rows: list[dict[str, Any]], variants: list[str]) -> dict[str, dict[s
     return out
 
 
-async def all_healthy(base_url: str, variants: list[str], proc: subprocess.Popen, timeout_s: float) -> None:
-    """Every variant's ``/health`` answering 200 within ``timeout_s`` in all."""
-    deadline = time.monotonic() + timeout_s
-    for v in variants:
-        await wait_healthy(f"{base_url}/{v}", max(deadline - time.monotonic(), 1.0), proc)
-
-
-def stop(proc: subprocess.Popen, tree: list[Any]) -> None:
-    """``serve run`` stopped as by Ctrl-C, then anything of its process tree that outlives it."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    _, alive = psutil.wait_procs(tree, timeout=15)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m loadtest.investigations.bench_variants", description=__doc__.split("\n\n")[0])
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON", help="a variant (two or more)")
@@ -203,7 +177,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {exc}; see {out / 'serve.log'}", file=sys.stderr)
         return 1
     finally:
-        stop(proc, tree)
+        stop_serve_run(proc, tree)
         log.close()
     summary = medians(rows, names)
     result = {"date": time.strftime("%Y-%m-%d"), "argv": sys.argv[1:] if argv is None else argv, "variants": variants,

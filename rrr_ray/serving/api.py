@@ -26,8 +26,9 @@ from rrr_ray.serving.errors import BadRequestError
 from rrr_ray.serving.guard import API_KEY_ENV, OPEN_PATHS, ApiKeys, RequestGuard, error_response
 from rrr_ray.serving.limits import HttpLimits
 from rrr_ray.serving.protocol import (
-    ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ErrorBody, GenerateFailure, GenerateRequest,
-    GenerateResponse, GenerateStreamEnd, GenerateStreamToken, HealthResponse, ModelList, OpenAIError)
+    AdapterStatus, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ErrorBody, GenerateFailure, GenerateRequest,
+    GenerateResponse, GenerateStreamEnd, GenerateStreamToken, HealthResponse, LoadLoraAdapterRequest, ModelList,
+    OpenAIError, UnloadLoraAdapterRequest)
 from rrr_ray.serving.replies import openai_error, typed_json
 from rrr_ray.serving.service import RRRService
 
@@ -250,5 +251,21 @@ def create_app(service: RRRService | None = None, api_keys: ApiKeys | None = Non
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         _within_limits(request, body)
         return await _service(request).chat_completions(body)
+
+    # -- LoRA adapters at run time: vLLM's routes, behind the config switch (and the API key) -----
+    adapter_errors = {s: {"model": OpenAIError, "description": d} for s, d in (
+        (400, "The body is invalid, or the adapter cannot be served: a broken folder, a rank above "
+              "max_lora_rank, another base."),
+        (403, "Loading at run time is off in this server's config (runtime_adapters)."),
+        (404, "No adapter folder there, or the adapter is not loaded."),
+        (409, "The name is taken (another folder, or a configured adapter)."))}
+
+    @app.post("/v1/load_lora_adapter", response_model=AdapterStatus, responses=adapter_errors)
+    async def load_lora_adapter(body: LoadLoraAdapterRequest, request: Request) -> AdapterStatus:
+        return await _service(request).load_adapter(body, bool(request.app.state.api_keys))
+
+    @app.post("/v1/unload_lora_adapter", response_model=AdapterStatus, responses=adapter_errors)
+    async def unload_lora_adapter(body: UnloadLoraAdapterRequest, request: Request) -> AdapterStatus:
+        return await _service(request).unload_adapter(body, bool(request.app.state.api_keys))
 
     return app

@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, Field, model_validator
 
+from rrr_ray.serving.adapter_options import AdapterOptions, RuntimeLoading
 from rrr_ray.serving.batching import LoadAwareWindow
 from rrr_ray.serving.hardware import resolve_dtype
 from rrr_ray.serving.limits import HttpLimits
@@ -79,7 +80,10 @@ class EngineConfig(BaseModel):
     max_model_len: int = Field(1024, ge=16, description="Context length (prompt + reply) in tokens.")
     max_num_seqs: int = Field(32, ge=1, description="Most sequences batched per engine step.")
     lora_modules: dict[str, str] = Field(default_factory=dict, description="LoRA adapter name -> path; served as models.")
-    max_lora_rank: int = Field(16, ge=1)
+    max_lora_rank: int = Field(16, ge=1, description="Highest LoRA rank served (adapters above it get a 400).")
+    adapters: Optional[AdapterOptions] = Field(None, description=(
+        "LoRA adapters on demand (rrr_ray.serving.adapters): found by name in folders, loaded at run time, "
+        "an LRU per replica. None: only lora_modules."))
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU only.")
     enforce_eager: bool = Field(False, description="Disable CUDA graphs / compilation.")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra vLLM AsyncEngineArgs.")
@@ -111,7 +115,10 @@ class EngineConfig(BaseModel):
             max_num_seqs=self.max_num_seqs, enforce_eager=self.enforce_eager, disable_log_stats=True,
             gpu_memory_utilization=self.gpu_memory_utilization,
         )
-        if self.lora_modules:
+        if self.adapters is not None:  # on demand: slots and LRU from the config, lora_modules among them
+            kwargs.update(enable_lora=True, max_lora_rank=self.max_lora_rank, max_loras=self.adapters.max_loras,
+                          max_cpu_loras=self.adapters.max_cpu_loras)
+        elif self.lora_modules:
             kwargs.update(enable_lora=True, max_lora_rank=self.max_lora_rank, max_loras=len(self.lora_modules))
         kwargs.update(pinned_executor_args(self.engine_cpus))  # vllm_compat: CPU nodes
         kwargs.update(self.engine_kwargs)
@@ -145,6 +152,9 @@ class AppArgs(StreamingOptions):
     postprocessor: PostProcessorOptions = Field(default_factory=PostProcessorOptions)
     limits: HttpLimits = Field(default_factory=HttpLimits, description="What one HTTP request may ask: body and "
                                "header size, new tokens, messages, prompt length, stop strings.")
+    runtime_adapters: RuntimeLoading = Field("with_api_keys", description=(
+        "POST /v1/load_lora_adapter and /v1/unload_lora_adapter (models with 'adapters:'): 'on' (a server "
+        "listening on loopback only), 'off', or 'with_api_keys': only while API keys are on (RRR_API_KEY)."))
 
     @model_validator(mode="after")
     def _names_unique(self) -> "AppArgs":

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Optional
 
 from rrr_ray.serving.config import EngineConfig
-from rrr_ray.serving.errors import ModelNotServedError
+from rrr_ray.serving.errors import BadRequestError, ModelNotServedError
 from rrr_ray.serving.messages import EngineRequest, TokenLogprob
 
 
@@ -43,9 +43,21 @@ class Engine(abc.ABC):
         """Load the model; called once before serving."""
 
     def check_served(self, model: str) -> None:
-        """Raise ``ModelNotServedError`` unless this engine serves ``model``."""
-        if model not in self.config.served_names():
-            raise ModelNotServedError(model, self.config.served_names())
+        """Raise ``ModelNotServedError`` unless this engine serves ``model`` (or has it loaded as an adapter)."""
+        if model not in self.config.served_names() and model not in self.loaded_adapters():
+            raise ModelNotServedError(model, [*self.config.served_names(), *self.loaded_adapters()])
+
+    # -- LoRA adapters loaded at run time (rrr_ray.serving.adapters.AdapterLRU drives these) --------
+
+    def loaded_adapters(self) -> list[str]:
+        return []
+
+    async def add_adapter(self, name: str, path: str, adapter_id: int) -> None:
+        """Load the LoRA adapter in folder ``path`` as ``name``; raise ``BadRequestError`` when it cannot be."""
+        raise BadRequestError(f"the engine of {self.config.name} cannot load LoRA adapters")
+
+    async def remove_adapter(self, name: str) -> None:  # noqa: B027 - optional hook
+        """Free the adapter ``name``."""
 
     @abc.abstractmethod
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:

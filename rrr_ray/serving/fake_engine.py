@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from pathlib import Path
 from typing import AsyncIterator, Optional
 
 from rrr_ray.format import SECTIONS, prefix_state, validate
@@ -60,6 +61,8 @@ class FakeEngine(Engine):
         self.dead = False
         self.running = 0
         self.cache: list[list[str]] = []  # the pieces of the latest prompts
+        self.adapters: dict[str, str] = {}  # loaded LoRA adapters: name -> folder
+        self.adapter_load_s = float(config.engine_kwargs.get("adapter_load_s", 0.0))
 
     async def start(self) -> None:
         await asyncio.sleep(self.start_s)
@@ -114,6 +117,20 @@ class FakeEngine(Engine):
 
     def num_unfinished_requests(self) -> int:
         return self.running
+
+    def loaded_adapters(self) -> list[str]:
+        return list(self.adapters)
+
+    async def add_adapter(self, name: str, path: str, adapter_id: int) -> None:
+        """Takes ``adapter_load_s``; a folder without adapter weights (or empty ones) fails as vLLM's check would."""
+        await asyncio.sleep(self.adapter_load_s)
+        weights = [Path(path) / f for f in ("adapter_model.safetensors", "adapter_model.bin")]
+        if not any(w.exists() and w.stat().st_size > 0 for w in weights):
+            raise BadRequestError(f"adapter {name!r} cannot be loaded: no weights in {path}")
+        self.adapters[name] = path
+
+    async def remove_adapter(self, name: str) -> None:
+        self.adapters.pop(name, None)
 
 
 def fake_logprob(piece: str, index: int, top: int) -> TokenLogprob:

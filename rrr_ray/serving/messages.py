@@ -33,6 +33,8 @@ class EngineRequest(BaseModel):
                                          "reply: the engine continues it (no end of turn, no new turn).")
     logprobs: Optional[int] = Field(None, ge=0, description="Return each generated token's log probability "
                                     "and those of the given number of most likely tokens; None: none.")
+    adapter_path: Optional[str] = Field(None, description="The LoRA adapter that ``model`` names: its folder or "
+                                        "URI (rrr_ray.serving.adapters); None for a base model.")
 
 
 class HealReport(BaseModel):
@@ -77,6 +79,7 @@ class ModelChunk:
     status: Optional[int] = None  # an HTTP status when the request itself was bad
     stop_reason: Optional[str] = None  # the stop string that ended the request
     logprobs: Optional[list[list[TokenLogprob]]] = None  # per text, its tokens' (when the request asks)
+    adapter_load_s: Optional[float] = None  # on the first chunk, for a LoRA adapter: its load time here (0: warm)
 
 
 @dataclass(slots=True)
@@ -95,6 +98,7 @@ class FinalRecord:
     repair: Optional[RepairReport] = None  # with repair only
     heal: Optional[HealReport] = None  # a healed reply only
     stop_reason: Optional[str] = None  # the stop string that ended the reply (never healed)
+    adapter_load_s: Optional[float] = None  # a LoRA adapter's load time for this request (0: warm)
 
 
 @dataclass(slots=True)

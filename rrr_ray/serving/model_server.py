@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import AsyncIterator, Optional
+from typing import Any, AsyncIterator, Optional
 
+from rrr_ray.serving.adapters import AdapterLRU
 from rrr_ray.serving.config import EngineConfig, StreamingOptions
 from rrr_ray.serving.engine import Engine, load_engine_class
-from rrr_ray.serving.errors import EngineDeadError, EngineError
+from rrr_ray.serving.errors import BadRequestError, EngineDeadError, EngineError
 from rrr_ray.serving.messages import EngineRequest, ModelChunk, StageHealth
 from rrr_ray.serving.streams import model_stream
 
@@ -34,6 +35,9 @@ class ModelServer:
         self.restarting: Optional[asyncio.Task] = None
         self.dead_reason: Optional[str] = None
         self.failed_restarts = 0
+        options = self.config.adapters
+        self.adapters = AdapterLRU(options.max_cpu_loras if options else max(1, len(self.config.lora_modules)),
+                                   static=self.config.lora_modules)
 
     def _new_engine(self) -> Engine:
         return load_engine_class(self.config.engine_class)(self.config)
@@ -49,11 +53,45 @@ class ModelServer:
             return
         self.window.active += 1
         try:
-            async with contextlib.aclosing(model_stream(self.engine, request, self.window)) as chunks:
+            stream = (model_stream(self.engine, request, self.window) if request.adapter_path is None
+                      else self._adapter_stream(request))
+            async with contextlib.aclosing(stream) as chunks:
                 async for chunk in chunks:
                     yield chunk
         finally:
             self.window.active -= 1
+
+    async def _adapter_stream(self, request: EngineRequest) -> AsyncIterator[ModelChunk]:
+        """A request for a LoRA adapter: loaded here first if it is not (``AdapterLRU``), held while
+        the request runs; the first chunk carries the load time."""
+        assert request.adapter_path is not None
+        try:
+            async with self.adapters.use(self.engine, request.model, request.adapter_path) as load_s:
+                first = True
+                async with contextlib.aclosing(model_stream(self.engine, request, self.window)) as chunks:
+                    async for chunk in chunks:
+                        if first:
+                            chunk.adapter_load_s, first = load_s, False
+                        yield chunk
+        except BadRequestError as exc:  # the adapter could not be loaded: the engine serves on
+            yield ModelChunk(finished=True, error=str(exc), status=exc.status)
+
+    async def load_adapter(self, name: str, path: str) -> dict[str, Any]:
+        """Load an adapter into this replica's engine now (``POST /v1/load_lora_adapter``):
+        ``{"load_s": seconds}``, or ``{"error", "status"}`` when the engine refuses it."""
+        try:
+            async with self.adapters.use(self.engine, name, path) as load_s:
+                return {"load_s": load_s}
+        except BadRequestError as exc:
+            return {"error": str(exc), "status": exc.status}
+
+    async def free_adapter(self, name: str) -> bool:
+        """Unload an adapter from this replica's engine (``POST /v1/unload_lora_adapter``)."""
+        return await self.adapters.release(self.engine, name)
+
+    def adapter_stats(self) -> dict[str, Any]:
+        """The adapters loaded here, and how many requests found theirs loaded (warm) or loaded it (cold)."""
+        return self.adapters.stats()
 
     async def check_health(self) -> None:
         """Raises when the engine is dead (Serve then restarts the replica that holds it)."""

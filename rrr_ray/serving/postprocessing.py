@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import AsyncIterator, Protocol
+from typing import Any, AsyncIterator, Protocol
 
+from rrr_ray.serving.adapters import SEPARATOR
 from rrr_ray.serving.errors import ModelNotServedError
 from rrr_ray.serving.healing import Healing
 from rrr_ray.serving.messages import EngineRequest, ModelChunk, OutputChunk, StageHealth
@@ -27,13 +28,33 @@ class Model(Protocol):
 
     async def health(self) -> StageHealth: ...
 
+    async def load_adapter(self, name: str, path: str) -> dict[str, Any]: ...
+
+    async def free_adapter(self, name: str) -> bool: ...
+
 
 class PostProcessing:
     def __init__(self, models: dict[str, Model]) -> None:
         self.models = dict(models)
 
+    def model(self, name: str) -> Model | None:
+        """The model stage of a served name; an adapter loaded on demand (``<base>:<adapter>``) is its base's."""
+        return self.models.get(name) or self.models.get(name.partition(SEPARATOR)[0])
+
+    async def load_adapter(self, base: str, name: str, path: str) -> dict[str, Any]:
+        """Load an adapter into its base's model stage (one replica)."""
+        model = self.models.get(base)
+        if model is None:
+            return {"error": str(ModelNotServedError(base, self.models)), "status": 404}
+        return await model.load_adapter(name, path)
+
+    async def free_adapter(self, base: str, name: str) -> bool:
+        """Unload an adapter from its base's model stage."""
+        model = self.models.get(base)
+        return bool(model is not None and await model.free_adapter(name))
+
     async def stream(self, request: EngineRequest, with_repair: bool = False) -> AsyncIterator[OutputChunk]:
-        model = self.models.get(request.model)
+        model = self.model(request.model)
         if model is None:
             yield OutputChunk(finished=True, error=str(ModelNotServedError(request.model, self.models)), status=404)
             return

@@ -147,6 +147,8 @@ class GenerationMetadata(BaseModel):
     time_to_first_token_seconds: Optional[float] = None
     engine_time_to_first_token_seconds: Optional[float] = Field(None, description="The same, inside the engine.")
     engine_time_seconds: Optional[float] = Field(None, description="Time the engine spent on the request.")
+    adapter_load_seconds: Optional[float] = Field(None, description="For a LoRA adapter: the time its replica "
+                                                  "spent loading it for this request (0: it was loaded already).")
     finish_reason: Optional[str] = None
     model: Optional[str] = None
 
@@ -485,11 +487,46 @@ class ModelCard(BaseModel):
     description: str
     dtype: Optional[str] = Field(None, description="The dtype the weights are served in (a config's `auto` as "
                                  "resolved at start-up: bfloat16 on a CPU with AVX-512 BF16 or AMX, else float32).")
+    status: Optional[Literal["loaded", "available"]] = Field(None, description=(
+        "For a LoRA adapter: loaded (served now), or available (found in an adapter folder or the config, "
+        "loaded on first use)."))
 
 
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class LoadLoraAdapterRequest(BaseModel):
+    """``POST /v1/load_lora_adapter``, as vLLM takes it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    lora_name: str = Field(min_length=1, max_length=256, description=(
+        "'<model>:<adapter>', or a plain adapter name where one served model takes adapters (or its "
+        "adapter_config.json names the model)."))
+    lora_path: Optional[str] = Field(None, min_length=1, max_length=4096, description=(
+        "The adapter's folder on the server (relative to the repository) or a pyarrow.fs URI; left out: "
+        "the adapter of that name in the model's adapter folders."))
+    load_inplace: bool = Field(False, description="Replace an adapter loaded under this name (e.g. a new "
+                               "version published to the same folder).")
+
+
+class UnloadLoraAdapterRequest(BaseModel):
+    """``POST /v1/unload_lora_adapter``, as vLLM takes it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    lora_name: str = Field(min_length=1, max_length=256)
+    lora_int_id: Optional[int] = Field(None, description="Accepted for vLLM's clients; not used.")
+
+
+class AdapterStatus(BaseModel):
+    """The answer of the load and unload routes."""
+
+    object: Literal["lora_adapter"] = "lora_adapter"
+    lora_name: str = Field(description="The name requests use: '<model>:<adapter>'.")
+    parent: str
+    lora_path: str
+    status: Literal["loaded", "unloaded"]
 
 
 class OpenAIErrorDetail(BaseModel):

@@ -257,7 +257,8 @@ def _metadata(model: str, record: FinalRecord, total: float, ttft: Optional[floa
         inference_time_seconds=round(total, 4),
         tokens_per_second=round(record.output_tokens / total, 2) if total > 0 else 0.0,
         time_to_first_token_seconds=_round(ttft), engine_time_to_first_token_seconds=_round(record.engine_ttft_s),
-        engine_time_seconds=_round(record.engine_time_s), finish_reason=record.finish_reason, model=model)
+        engine_time_seconds=_round(record.engine_time_s), finish_reason=record.finish_reason, model=model,
+        adapter_load_seconds=_round(record.adapter_load_s))
 
 
 def _round(value: Optional[float]) -> Optional[float]:

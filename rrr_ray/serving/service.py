@@ -17,13 +17,15 @@ from typing import AsyncIterator, Awaitable, Callable, Optional
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from rrr_ray.format import guided_regex
-from rrr_ray.serving.errors import ModelNotServedError
+from rrr_ray.serving.adapters import AdapterCatalog
+from rrr_ray.serving.errors import BadRequestError, ModelNotServedError
 from rrr_ray.serving.limits import HttpLimits
 from rrr_ray.serving.messages import EngineRequest, OutputChunk, StageHealth
 from rrr_ray.serving.metrics import ServingMetrics
 from rrr_ray.serving.protocol import (
-    AssistantMessage, ChatCompletion, ChatCompletionChoice, ChatCompletionRequest, GenerateFailure, GenerateRequest,
-    GenerateResponse, HealthResponse, ModelCard, ModelList, SamplingOptions)
+    AdapterStatus, AssistantMessage, ChatCompletion, ChatCompletionChoice, ChatCompletionRequest, GenerateFailure,
+    GenerateRequest, GenerateResponse, HealthResponse, LoadLoraAdapterRequest, ModelCard, ModelList,
+    SamplingOptions, UnloadLoraAdapterRequest)
 from rrr_ray.serving.replies import (
     Failed, ReplyEvents, choice_logprobs, ndjson, open_reply, openai_error, sse, terminal, typed_json, usage)
 
@@ -48,8 +50,9 @@ class ServedModel:
 class RRRService:
     def __init__(self, stream: StreamFn, health: HealthFn, models: list[ServedModel],
                  default_model: Optional[str] = None, metrics: Optional[ServingMetrics] = None,
-                 limits: Optional[HttpLimits] = None) -> None:
-        """``limits``: what one request may ask (enforced by the app, ``rrr_ray.serving.api``)."""
+                 limits: Optional[HttpLimits] = None, adapters: Optional[AdapterCatalog] = None) -> None:
+        """``limits``: what one request may ask (enforced by the app, ``rrr_ray.serving.api``);
+        ``adapters``: LoRA adapters served on demand (``rrr_ray.serving.adapters``)."""
         if not models:
             raise ValueError("no models to serve")
         self.stream = stream
@@ -60,6 +63,7 @@ class RRRService:
             raise ValueError(f"default model {self.default_model!r} is not among {list(self.models)}")
         self.metrics = metrics
         self.limits = limits or HttpLimits()
+        self.adapters = adapters
         self._regex = {m.name: guided_regex(bounded=m.guided_section_limits) for m in models}
         self.created = int(time.time())
 
@@ -68,7 +72,12 @@ class RRRService:
     def resolve_model(self, name: Optional[str]) -> str:
         name = name or self.default_model
         if name not in self.models:
-            raise ModelNotServedError(name, self.models)
+            if self.adapters is None:
+                raise ModelNotServedError(name, self.models)
+            try:
+                return self.adapters.resolve(name).name
+            except ModelNotServedError:
+                raise ModelNotServedError(name, [*self.models, *self.adapters.names()]) from None
         return name
 
     def engine_request(self, model: Optional[str], messages: list[dict[str, str]], sampling: SamplingOptions,
@@ -76,13 +85,18 @@ class RRRService:
         if sampling.max_new_tokens > self.limits.max_new_tokens:  # the default, where the limit is lower
             sampling = sampling.model_copy(update={"max_new_tokens": self.limits.max_new_tokens})
         name = self.resolve_model(model)
+        base, adapter_path = name, None
+        if name not in self.models:  # a LoRA adapter on demand: an RRR fine-tune, healed by default
+            info = self.adapters.known[name]  # type: ignore[union-attr]
+            base, adapter_path = info.base, info.path
         if heal is None:  # the model's default; a reply asked to run long (ignore_eos, min_tokens) is not cut short
-            heal = self.models[name].heal and not sampling.ignore_eos and not sampling.min_tokens
+            heal = ((self.models[name].heal if adapter_path is None else True)
+                    and not sampling.ignore_eos and not sampling.min_tokens)
         return EngineRequest(request_id=f"rrr-{uuid.uuid4().hex}", model=name,
                              messages=messages, sampling=sampling,
-                             guided_regex=self._regex[name] if guided else None,
+                             guided_regex=self._regex[base] if guided else None,
                              heal=heal and not guided,  # a guided reply is valid already
-                             logprobs=logprobs)
+                             logprobs=logprobs, adapter_path=adapter_path)
 
     async def reply(self, request: EngineRequest, with_repair: bool, start: float) -> ReplyEvents:
         """Start the request's stream and return its events (see ``replies.open_reply``)."""
@@ -107,8 +121,29 @@ class RRRService:
     # -- OpenAI-compatible ----------------------------------------------------------------------
 
     def list_models(self) -> ModelList:
-        return ModelList(data=[ModelCard(id=m.name, created=self.created, root=m.root, parent=m.parent,
-                                         description=m.description, dtype=m.dtype) for m in self.models.values()])
+        cards = [ModelCard(id=m.name, created=self.created, root=m.root, parent=m.parent, description=m.description,
+                           dtype=m.dtype)
+                 for m in self.models.values()]
+        for info, loaded in self.adapters.listing() if self.adapters is not None else []:
+            cards.append(ModelCard(id=info.name, created=self.created, root=info.path, parent=info.base,
+                                   description=f"LoRA adapter on {info.base}", status="loaded" if loaded else "available"))
+        return ModelList(data=cards)
+
+    # -- LoRA adapters at run time (vLLM's endpoints) -------------------------------------------
+
+    def _catalog(self, api_keys_on: bool) -> AdapterCatalog:
+        if self.adapters is None:
+            raise BadRequestError("no served model takes LoRA adapters (no 'adapters:' in any model's config)", 400)
+        self.adapters.check_runtime(api_keys_on)
+        return self.adapters
+
+    async def load_adapter(self, body: LoadLoraAdapterRequest, api_keys_on: bool) -> AdapterStatus:
+        info = await self._catalog(api_keys_on).load(body.lora_name, body.lora_path, body.load_inplace)
+        return AdapterStatus(lora_name=info.name, parent=info.base, lora_path=info.path, status="loaded")
+
+    async def unload_adapter(self, body: UnloadLoraAdapterRequest, api_keys_on: bool) -> AdapterStatus:
+        info = await self._catalog(api_keys_on).unload(body.lora_name)
+        return AdapterStatus(lora_name=info.name, parent=info.base, lora_path=info.path, status="unloaded")
 
     async def chat_completions(self, body: ChatCompletionRequest) -> Response:
         start = time.perf_counter()

@@ -159,6 +159,7 @@ class _Reply:
         self.own_time_s = 0.0  # healed: the engine time of the model's own part
         self.continuation_ttft: Optional[float] = None
         self.logprobs: Optional[list[TokenLogprob]] = None  # of the tokens labelled since the last chunk sent
+        self.adapter_load_s: Optional[float] = None
 
     def text(self) -> str:
         return "".join(self.parts)
@@ -197,6 +198,8 @@ class _Reply:
             self.cached_tokens = chunk.cached_tokens
         if chunk.engine_ttft_s is not None:
             self.engine_ttft = chunk.engine_ttft_s
+        if chunk.adapter_load_s is not None:
+            self.adapter_load_s = chunk.adapter_load_s
 
     def label(self, chunk: ModelChunk) -> tuple[list[tuple[str, Optional[str]]], Optional[HealReport]]:
         """Label the chunk's texts; while healing, only up to where the reply breaks the format
@@ -262,7 +265,7 @@ class _Reply:
                             output_tokens=self.output_tokens, finish_reason=chunk.finish_reason,
                             stop_reason=chunk.stop_reason,
                             engine_ttft_s=engine_ttft, engine_time_s=engine_time, cached_tokens=self.cached_tokens,
-                            heal=self.heal)
+                            heal=self.heal, adapter_load_s=self.adapter_load_s)
         if self.with_repair:
             final.repaired_text, final.repair = repair(final.text)
         return final

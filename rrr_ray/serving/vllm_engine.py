@@ -56,7 +56,8 @@ class VLLMEngine(Engine):
         super().__init__(config)
         self._engine: Any = None
         self._tokenizer: Any = None
-        self._lora: dict[str, Any] = {}
+        self._static: dict[str, Any] = {}  # lora_modules
+        self._lora: dict[str, Any] = {}  # loaded at run time (add_adapter), lora_modules among them once used
 
     async def start(self) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -69,7 +70,7 @@ class VLLMEngine(Engine):
         # replica's other models keep serving meanwhile (an engine restarted in place).
         self._engine = await asyncio.to_thread(_build_async_llm, AsyncLLM, AsyncEngineArgs(**cfg.vllm_engine_args()))
         self._tokenizer = self._engine.get_tokenizer()
-        self._lora = {name: LoRARequest(name, i + 1, path) for i, (name, path) in enumerate(cfg.lora_modules.items())}
+        self._static = {name: LoRARequest(name, i + 1, path) for i, (name, path) in enumerate(cfg.lora_modules.items())}
         renice_engine(cfg.engine_niceness)  # vllm_compat: CPU nodes
         logger.info("vLLM engine for %s ready in %.1f s", cfg.name, time.perf_counter() - started)
 
@@ -98,7 +99,8 @@ class VLLMEngine(Engine):
             raise BadRequestError(
                 f"the prompt is {len(ids)} tokens; the context of {self.config.name} is {self.config.max_model_len}")
         params = vllm_sampling_params(request, room)
-        run = functools.partial(self._run, ids, params, self._lora.get(request.model))
+        lora = self._lora.get(request.model) or self._static.get(request.model)
+        run = functools.partial(self._run, ids, params, lora)
         outputs = with_guided_retry(run, request, self.config.name)  # vllm_compat; else run(request.request_id)
         async with contextlib.aclosing(outputs):
             async for output in outputs:
@@ -155,6 +157,29 @@ class VLLMEngine(Engine):
 
     def num_unfinished_requests(self) -> int:
         return self._engine.get_num_unfinished_requests() if self._engine is not None else 0
+
+    def loaded_adapters(self) -> list[str]:
+        return list(self._lora)
+
+    async def add_adapter(self, name: str, path: str, adapter_id: int) -> None:
+        """vLLM's ``add_lora``: the adapter is read and checked now (a broken one fails here, with the
+        engine still serving), so no request fails on it later."""
+        from vllm.lora.request import LoRARequest
+
+        if not self.config.lora_modules and self.config.adapters is None:
+            raise BadRequestError(f"model {self.config.name!r} takes no LoRA adapters (no 'adapters:' in its config)")
+        request = LoRARequest(name, adapter_id, path)
+        try:
+            await self._engine.add_lora(request)
+        except Exception as exc:  # vLLM's own check of the folder (target modules, shapes, files)
+            raise BadRequestError(f"adapter {name!r} cannot be loaded on {self.config.name}: "
+                                  f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}") from None
+        self._lora[name] = request
+
+    async def remove_adapter(self, name: str) -> None:
+        request = self._lora.pop(name, None)
+        if request is not None and self._engine is not None:
+            await self._engine.remove_lora(request.lora_int_id)
 
     def shutdown(self) -> None:
         if self._engine is not None:
