@@ -80,8 +80,12 @@ def drain(timeout_s: float = DRAIN_TIMEOUT_S, binary: str | None = None) -> None
 
 
 def main(argv: list[str]) -> int:
+    usage = "usage: python -m rrr_ray.graceful serve run CONFIG [serve run options]"
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage + "\n\n" + (__doc__ or "").strip())
+        return 0
     if not argv or argv[0] != "serve":
-        print("usage: python -m rrr_ray.graceful serve run CONFIG [serve run options]", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     from ray.serve.scripts import cli
 
