@@ -26,35 +26,6 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_haproxy_is_killed_when_the_process_that_started_it_dies(tmp_path):
-    fake = tmp_path / "haproxy"
-    fake.write_text("#!/bin/sh\nexec sleep 300\n")  # stands in for the binary: the same pid, execed
-    fake.chmod(0o755)
-    config = tmp_path / "haproxy.cfg"
-    config.write_text("frontend http_frontend\n    bind *:8000\n")
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(REPO / "scripts" / "haproxy-loopback"),
-                               "-db", "-f", str(config)], stdout=subprocess.PIPE, text=True,
-                              env={"RRR_HAPROXY_BINARY": str(fake), "PATH": "/usr/bin:/bin"})
-    child = int(parent.stdout.readline())
-    try:
-        deadline = time.monotonic() + 10
-        while psutil.Process(child).name() != "sleep" and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert psutil.Process(child).name() == "sleep" and not _gone(child)
-        parent.kill()  # SIGKILL: no handler, no cleanup in the parent
-        parent.wait(timeout=10)
-        deadline = time.monotonic() + 5
-        while not _gone(child) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _gone(child), "HAProxy outlived its parent"
-    finally:
-        parent.kill()
-        try:
-            psutil.Process(child).kill()
-        except psutil.NoSuchProcess:
-            pass
-
-
 def test_drain_pauses_this_runs_haproxy_and_waits_for_replies_in_flight(tmp_path):
     """rrr_ray.graceful.drain, on SIGTERM: the HAProxy this process started stops accepting at once
     (SIGTTOU) while a request it is still serving keeps the drain waiting, up to the timeout."""
