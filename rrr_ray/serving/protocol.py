@@ -378,10 +378,7 @@ class ChatCompletionRequest(BaseModel):
         given = {name: getattr(self, name) for name in _CHAT_SAMPLING if getattr(self, name) is not None}
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         most = self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_NEW_TOKENS
-        if self.min_tokens is not None:
-            given["min_tokens"] = min(self.min_tokens, most)
-        return SamplingOptions(max_new_tokens=most,
-                               stop=stop, **given)
+        return SamplingOptions(max_new_tokens=most, stop=stop, **given)  # min_tokens: at most `most` there
 
     def top_logprobs_count(self) -> Optional[int]:
         """What the engine request asks for: None without logprobs, else how many alternatives."""
