@@ -59,13 +59,15 @@ def open_requests(procs: list[psutil.Process], ports: set[int]) -> int:
     return count
 
 
-def drain(timeout_s: float = DRAIN_TIMEOUT_S, binary: str | None = None) -> None:
-    """Pause this run's HAProxy processes (no new connections), then wait up to ``timeout_s`` for
-    the connections they still serve. ``binary``: HAProxy's (default: ``$RRR_HAPROXY_BINARY``)."""
-    binary = binary or os.environ.get("RRR_HAPROXY_BINARY")
-    if not binary:
-        return
-    procs = haproxies(psutil.Process(), os.path.realpath(binary))
+def drain(timeout_s: float = DRAIN_TIMEOUT_S, procs: list[psutil.Process] | None = None) -> None:
+    """Pause HAProxy processes (no new connections), then wait up to ``timeout_s`` for the
+    connections they still serve. ``procs``: the processes to drain (default: every HAProxy among
+    this process's descendants that runs ``$RRR_HAPROXY_BINARY``)."""
+    if procs is None:
+        binary = os.environ.get("RRR_HAPROXY_BINARY")
+        if not binary:
+            return
+        procs = haproxies(psutil.Process(), os.path.realpath(binary))
     ports = listening_ports(procs)
     for proc in procs:
         try:

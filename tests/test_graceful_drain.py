@@ -1,29 +1,13 @@
-"""No HAProxy outlives the Serve proxy that started it: scripts/haproxy-loopback runs HAProxy with
-the kernel's parent-death signal, so that killing the parent (even with SIGKILL) ends HAProxy and
-frees its ports."""
+"""rrr_ray.graceful drains the HAProxy that Serve's proxy runs: paused on SIGTERM, it frees its ports
+at once while the replies it is streaming go on."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 
 import psutil
-
-from tests.helpers import REPO
-
-PARENT = ("import subprocess, sys, time\n"
-          "child = subprocess.Popen(sys.argv[1:])\n"
-          "print(child.pid, flush=True)\n"
-          "time.sleep(300)\n")
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def test_drain_pauses_this_runs_haproxy_and_waits_for_replies_in_flight(tmp_path):
@@ -59,11 +43,13 @@ def test_drain_pauses_this_runs_haproxy_and_waits_for_replies_in_flight(tmp_path
             except OSError:
                 time.sleep(0.05)
         assert client is not None, "HAProxy did not listen"
+        # by default, drain picks the HAProxy processes among this process's descendants
+        assert proc.pid in {p.pid for p in graceful.haproxies(psutil.Process(), os.path.realpath(binary))}
         with client:
             client.sendall(b"GET /generate HTTP/1.1\r\nHost: x\r\n\r\n")
             time.sleep(0.3)
             start = time.monotonic()
-            graceful.drain(timeout_s=1.5, binary=binary)
+            graceful.drain(timeout_s=1.5, procs=[psutil.Process(proc.pid)])
             waited = time.monotonic() - start
             assert 1.4 < waited < 3, waited  # the request in flight kept it waiting until the timeout
             assert proc.poll() is None  # paused, not gone: the request it serves can still finish
@@ -71,7 +57,7 @@ def test_drain_pauses_this_runs_haproxy_and_waits_for_replies_in_flight(tmp_path
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
         time.sleep(0.3)
         start = time.monotonic()
-        graceful.drain(timeout_s=5, binary=binary)  # nothing in flight: returns at once
+        graceful.drain(timeout_s=5, procs=[psutil.Process(proc.pid)])  # nothing in flight: returns at once
         assert time.monotonic() - start < 1
     finally:
         proc.kill()
