@@ -157,3 +157,29 @@ def test_the_client_cli_sends_the_key_of_rrr_api_key(keyed_url, monkeypatch, cap
     assert "RRR:" in capsys.readouterr().out
     monkeypatch.delenv(API_KEY_ENV)
     assert main(["hi", "--url", keyed_url, "--max-new-tokens", "4", "--api-key", KEYS[0]]) == 0
+
+
+def test_an_app_under_a_route_prefix_keeps_its_open_paths_and_error_shapes():
+    """Served under a route prefix (``serve.run(..., route_prefix="/adapters")``), every path arrives
+    with the prefix in front and ``root_path`` set: /health stays open, /v1/ routes answer errors in
+    OpenAI's shape and the others in rrr-ray's."""
+    import asyncio
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(API_KEY_ENV, KEYS[0])
+        app = create_app(fake_service())
+
+    async def requests() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app, root_path="/adapters")
+        auth = {"authorization": f"Bearer {KEYS[0]}"}
+        async with httpx.AsyncClient(transport=transport, base_url="http://rrr") as client:
+            return [await client.get("/adapters/health"),
+                    await client.get("/adapters/v1/models"),
+                    await client.post("/adapters/v1/chat/completions", json={"messages": []}, headers=auth),
+                    await client.post("/adapters/generate", json={"prompt": ""}, headers=auth)]
+
+    health, no_key, openai_bad, generate_bad = asyncio.run(requests())
+    assert health.status_code == 200, health.text
+    assert no_key.status_code == 401 and isinstance(no_key.json()["error"], dict)
+    assert openai_bad.status_code == 400 and isinstance(openai_bad.json()["error"], dict), openai_bad.text
+    assert generate_bad.status_code in (400, 422) and isinstance(generate_bad.json()["error"], str), generate_bad.text

@@ -1,5 +1,6 @@
-"""rrr_ray.graceful drains the HAProxy that Serve's proxy runs: paused on SIGTERM, it frees its ports
-at once while the replies it is streaming go on."""
+"""The HAProxy that Serve's proxy runs (through scripts/haproxy-loopback): it never outlives the
+process that started it, and rrr_ray.graceful drains it on SIGTERM (paused, it frees its ports at
+once while the replies it is streaming go on)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,58 @@ import os
 import subprocess
 import time
 
+import sys
+
 import psutil
+
+from tests.helpers import REPO
+
+PARENT = """import subprocess, sys, threading, time
+def start():
+    print(subprocess.Popen(sys.argv[1:]).pid, flush=True)
+thread = threading.Thread(target=start)  # as Serve's proxy does: the thread that starts it ends
+thread.start()
+thread.join()
+time.sleep(300)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_haproxy_lives_as_long_as_the_process_that_started_it_and_no_longer(tmp_path):
+    fake = tmp_path / "haproxy"
+    fake.write_text("#!/bin/sh\nexec sleep 300\n")  # stands in for the binary: the same pid, exec'ed
+    fake.chmod(0o755)
+    config = tmp_path / "haproxy.cfg"
+    config.write_text("frontend http_frontend\n    bind *:8000\n")
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(REPO / "scripts" / "haproxy-loopback"),
+                               "-db", "-f", str(config)], stdout=subprocess.PIPE, text=True,
+                              env={"RRR_HAPROXY_BINARY": str(fake), "PATH": "/usr/bin:/bin"})
+    child = int(parent.stdout.readline())
+    try:
+        deadline = time.monotonic() + 10
+        while psutil.Process(child).name() != "sleep" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert psutil.Process(child).name() == "sleep"
+        time.sleep(2.5)  # the thread that started it is gone; its process is not
+        assert not _gone(child), "HAProxy stopped while the process that started it still runs"
+        parent.kill()  # SIGKILL: no handler, no cleanup in the parent
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while not _gone(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(child), "HAProxy outlived the process that started it"
+    finally:
+        parent.kill()
+        try:
+            psutil.Process(child).kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def test_drain_pauses_this_runs_haproxy_and_waits_for_replies_in_flight(tmp_path):

@@ -23,7 +23,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rrr_ray.serving.errors import BadRequestError
-from rrr_ray.serving.guard import API_KEY_ENV, OPEN_PATHS, ApiKeys, RequestGuard, error_response
+from rrr_ray.serving.guard import API_KEY_ENV, OPEN_PATHS, ApiKeys, RequestGuard, error_response, route_path
 from rrr_ray.serving.limits import HttpLimits
 from rrr_ray.serving.protocol import (
     AdapterStatus, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ErrorBody, GenerateFailure, GenerateRequest,
@@ -79,7 +79,7 @@ def _within_limits(request: Request, body: BaseModel) -> None:
 
 
 def _is_openai(request: Request) -> bool:
-    return request.url.path.startswith("/v1/")
+    return route_path(request.scope).startswith("/v1/")
 
 
 _NOT_AN_OBJECT = {"missing", "model_attributes_type", "model_type", "dict_type"}
@@ -219,12 +219,12 @@ def create_app(service: RRRService | None = None, api_keys: ApiKeys | None = Non
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         """Unknown routes (404), wrong methods (405, with Allow) and unparsable bodies, in the route's shape."""
         message = f"{exc.detail}: {request.method} {request.url.path}" if exc.status_code in (404, 405) else exc.detail
-        return error_response(request.url.path, exc.status_code, str(message), headers=exc.headers)
+        return error_response(route_path(request.scope), exc.status_code, str(message), headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
         """A bug: a JSON 500 naming the error's type, never a traceback (the log has it)."""
-        return error_response(request.url.path, 500, f"internal error ({type(exc).__name__})")
+        return error_response(route_path(request.scope), 500, f"internal error ({type(exc).__name__})")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def watch() -> HTMLResponse:

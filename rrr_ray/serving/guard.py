@@ -69,6 +69,15 @@ def _digest(key: bytes) -> bytes:
     return hashlib.sha256(key).digest()
 
 
+def route_path(scope: Scope) -> str:
+    """The request's path within this app: without the ``root_path`` that an app served under a
+    route prefix (``serve.run(..., route_prefix="/adapters")``) sees in front of every path."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    if root and (path == root or path.startswith(root.rstrip("/") + "/")):
+        return path[len(root.rstrip("/")):] or "/"
+    return path
+
+
 def error_response(path: str, status: int, message: str, code: Optional[str] = None,
                    headers: Optional[dict[str, str]] = None, openai: bool = False) -> JSONResponse:
     """A JSON error in the shape of the route at ``path`` (or OpenAI's, with ``openai``)."""
@@ -102,7 +111,7 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope.get("path", "")
+        path = route_path(scope)
         limits = self.limits(scope.get("app"))
         headers: dict[bytes, bytes] = {}
         for name, value in scope["headers"]:
