@@ -26,8 +26,9 @@ def _init_ray(num_workers: int, num_cpus: Optional[int]) -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
         return False
-    ray.init(num_cpus=num_cpus or max(num_workers, 1), include_dashboard=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(Path.cwd())}})
+    from rrr_ray.training.local_ray import init_local_ray
+
+    init_local_ray(num_cpus or max(num_workers, 1))
     return True
 
 

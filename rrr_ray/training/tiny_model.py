@@ -79,10 +79,10 @@ def _fine_tunes(cfg: TinyBuildConfig, base_dir: Path, work: Path,
     import ray
 
     from rrr_ray.training.finetune import fine_tune
+    from rrr_ray.training.local_ray import init_local_ray
     from rrr_ray.training.sft import LoraSettings, SFTJobConfig
 
-    ray.init(num_cpus=max(2, cfg.num_workers), include_dashboard=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(Path.cwd())}})
+    init_local_ray(max(2, cfg.num_workers))
     common = dict(base_model=str(base_dir.resolve()), dataset=[str(Path(d).resolve()) for d in cfg.data],
                   num_workers=cfg.num_workers, save_steps=cfg.save_steps, eval_prompts=None,
                   val_prompts=24, val_samples=2, prefix_turns=1, single_turns=True, batch_size=4, seed=cfg.seed)
