@@ -8,6 +8,7 @@ from typing import Any
 
 from rrr_ray.evaluation.compliance import reply_compliance
 from rrr_ray.format.chatml import IM_END, IM_START
+from rrr_ray.training.selection import curve_table
 from rrr_ray.training.tokenizer import PAD_TOKEN
 
 
@@ -99,6 +100,15 @@ def _speed_rows(speed: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+_DATA = {
+    "data/seed/seed_dialogues.json": "the seed dialogues (`data/seed/seed_dialogues.json`, Apache 2.0)",
+    "data/seed/curated_seed_dialogues": "their curated versions (`data/seed/curated_seed_dialogues`)",
+    "data/refusals/dialogues.jsonl": "the project's refusal dialogues (`data/refusals/`, how they were made: "
+                                     "its README)",
+}
+"""How the card names the default recipe's data files."""
+
+
 def default_model_card(training: dict[str, Any], report: dict[str, Any]) -> str:
     """README.md of ``models/rrr-smollm2-lora``: data, settings, training time, measured results."""
     r = training["recipe"]
@@ -116,6 +126,14 @@ def default_model_card(training: dict[str, Any], report: dict[str, Any]) -> str:
     cats = " | ".join(f"{k} {_pct(v)}" for k, v in c["tuned"]["by_category"].items())
     example = next((e for e in report["examples"]["tuned"] if reply_compliance(e["reply"])[0]),
                    report["examples"]["tuned"][0])
+    data = "; ".join(_DATA.get(d, f"`{d}`") for d in r.get("data", []))
+    select_by = r.get("select_by", "eval_loss")
+    selection = (f"the lowest {'validation loss on assistant tokens' if select_by == 'eval_loss' else select_by} "
+                 f"among the checkpoints at >= {_pct(r.get('min_val_compliance'))} strict validation compliance")
+    curve = ""
+    if training.get("checkpoints"):
+        curve = (f"\n## Training curve (the chosen step in bold)\n{curve_table(training['checkpoints'], training.get('chosen_step'))}"
+                 "\n\n![step against validation loss, compliance, METEOR, BERTScore F1](curve.png)\n")
     speed = ""
     if "speed" in report:
         dtype = report["speed"]["merged"].get("engine_args", {}).get("dtype", "float32")
@@ -128,7 +146,7 @@ replies. `make install` merges it into the base as `models/rrr-smollm2`, which `
 vLLM also serves it unmerged by name (`lora_modules`).
 
 ## Training
-- Data: the 60 seed dialogues of `data/seed/` (Apache 2.0), assistant turns repaired with
+- Data: {data}; assistant turns repaired with
   `rrr_ray.repair`; in ChatML with rrr-ray's system prompt (`rrr_ray.format.spec.SYSTEM_PROMPT`,
   what the base's chat template adds when a conversation has none); each conversation whole, its
   first exchange, and every later exchange as a one-turn conversation; loss on assistant turns only;
@@ -136,9 +154,10 @@ vLLM also serves it unmerged by name (`lora_modules`).
 - Recipe: `jobs.train_default_model` (Ray Train `TorchTrainer`, {r['num_workers']} CPU workers, TRL
   `SFTTrainer`, peft LoRA r={r['lora_r']}, alpha={r['lora_alpha']}, dropout 0.05, on the seven projections only, no
   modules_to_save), {r['epochs']} epochs, learning rate {r['learning_rate']} (cosine), batch
-  {r['batch_size']} per worker, sequences up to {r['max_length']} tokens; checkpoint every {r['save_steps']}
-  steps, the one with the best validation compliance kept (step {training.get('chosen_step')}, validation
-  compliance {_pct(training.get('chosen_val_compliance'))}). Tensors stored in bfloat16.
+  {r['batch_size']} per worker, sequences up to {r['max_length']} tokens, seed {r.get('seed', 0)}; checkpoint every
+  {r['save_steps']} steps, measured on {r.get('val_prompts')} held-out turns x {r.get('val_samples')} samples; kept: {selection}
+  (step {training.get('chosen_step')}, validation compliance {_pct(training.get('chosen_val_compliance'))}).
+  Tensors stored in bfloat16.
 - Time: {training['train_minutes']} min of training, {training['total_minutes']} min in all, on this 2-core CPU.
 
 ## Measured ({report['date']}, `{report['command'].strip()}`)
@@ -153,7 +172,7 @@ in ChatML. Distinct bigrams: distinct over all word bigrams of the spoken replie
 
 Unguided by category: {cats}. Perplexity against the seed's curated replies:
 {q['tuned']['perplexity_ratio']:.2f}x; distinct bigrams: {q['tuned']['distinct_bigram_ratio_vs_seed']:.2f}x.
-{speed}
+{speed}{curve}
 ## An example reply (unguided, temperature {report['temperature']})
 > {example['prompt']}
 
