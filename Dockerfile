@@ -33,8 +33,13 @@ FROM common AS gpu
 # Where pip looks besides PyPI (a mirror, a wheel folder mounted at build time); not kept in the image.
 ARG PIP_INDEX_URL
 ARG PIP_FIND_LINKS
+# Triton (vLLM's CUDA kernels) compiles its launcher at run time: a C compiler and Python's headers.
+RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc libc6-dev \
+    && (python3 -c "import os, sys, sysconfig; sys.exit(not os.path.exists(sysconfig.get_paths()['include'] + '/Python.h'))" \
+        || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-dev) \
+    && rm -rf /var/lib/apt/lists/*
 COPY requirements-gpu.txt ./
-RUN python -m venv .venv && pip install -r requirements-gpu.txt
+RUN python3 -m venv .venv && pip install -r requirements-gpu.txt
 COPY . .
 RUN pip install --no-deps --no-build-isolation -e . && install -d -o rrr -g rrr out
 USER rrr

@@ -27,7 +27,7 @@ NO_HELP = {"rrr_ray.env": []}
 
 def code_lines(text: str) -> list[str]:
     """Every command-like line: the lines of fenced blocks (backslash continuations joined, shell
-    comments dropped) and every inline code span."""
+    comments dropped; JSON output lines skipped) and every inline code span."""
     out: list[str] = []
     fenced = False
     pending = ""
@@ -35,6 +35,8 @@ def code_lines(text: str) -> list[str]:
     for line in text.splitlines():
         if line.startswith("```"):
             fenced = not fenced
+            continue
+        if fenced and line.lstrip().startswith(("{", "[")):  # output shown, such as a reply's NDJSON
             continue
         if fenced:
             line = re.sub(r"\s#.*$", "", line) if not line.lstrip().startswith("#") else ""
