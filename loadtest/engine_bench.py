@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -322,6 +323,7 @@ def main(argv: list[str] | None = None) -> None:
                                lambda c: requests_for(c, per_level[c]), args.rounds, args.max_tokens,
                                not args.no_ignore_eos, args.temperature, args.top_p, args.warmup)
         print_variants(results)
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump({"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "model": args.model,
                        "max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p,
@@ -352,6 +354,7 @@ def main(argv: list[str] | None = None) -> None:
 
     for level in results.values():  # each level's figures beside its records, for readers without loadtest
         level["summary"] = summarize([RequestRecord.from_dict(r) for r in level["records"]], level["wall_s"])
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump({"startup_s": startup, "engine_args": {**DEFAULT_ENGINE_ARGS, **parse_engine_args(args.engine_arg)},
                    "levels": results}, f)
