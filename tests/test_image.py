@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -26,7 +25,8 @@ import httpx
 import pytest
 
 from rrr_ray import validate
-from tests.helpers import REPO
+from deployments.launch import free_port
+from tests.helpers import REPO, port_is_free
 
 pytestmark = [
     pytest.mark.e2e,
@@ -49,21 +49,6 @@ STOP_GRACE_S = 60
 
 def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run([*PODMAN, *args], capture_output=True, text=True, timeout=timeout, check=check, env=ENV)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def health_status(url: str) -> Optional[int]:

@@ -211,7 +211,7 @@ def test_serve_run_stopped_leaves_no_process_and_no_port_behind(tmp_path, sig):
     metrics ports are free again."""
     from deployments.launch import free_port
     from rrr_ray.serving.ports import port_holder
-    from tests.helpers import REPO
+    from tests.helpers import REPO, still_running
 
     ports = {"http": free_port(), "stats": free_port(), "metrics": free_port()}
     env = {**os.environ, "RAY_SERVE_HAPROXY_STATS_PORT": str(ports["stats"]),
@@ -239,16 +239,8 @@ def test_serve_run_stopped_leaves_no_process_and_no_port_behind(tmp_path, sig):
             serve.kill()
     stopped = time.monotonic()
 
-    def alive() -> list[str]:
-        out = []
-        for p in started:
-            try:
-                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                    out.append(f"{p.pid} {p.name()}")
-            except psutil.NoSuchProcess:
-                pass
-        return out
-    assert wait_until(lambda: not alive(), timeout=30, interval=0.5), f"still running: {alive()}"
+    assert wait_until(lambda: not still_running(started), timeout=30, interval=0.5), \
+        f"still running: {still_running(started)}"
     assert wait_until(lambda: not any(port_holder(p) for p in ports.values()), timeout=10, interval=0.5), \
         {name: port_holder(p) for name, p in ports.items()}
     print(f"{sig.name}: everything gone {time.monotonic() - stopped:.1f} s after serve run exited")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,15 +21,10 @@ import psutil
 import pytest
 import yaml
 
-from tests.helpers import REPO
+from deployments.launch import free_port
+from tests.helpers import REPO, port_is_free, still_running
 
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _health(url: str):
@@ -38,15 +32,6 @@ def _health(url: str):
         return httpx.get(f"{url}/health", timeout=2).status_code
     except httpx.HTTPError as exc:
         return type(exc).__name__
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 
 def _config(tmp_path: Path, port: int) -> Path:
@@ -67,23 +52,12 @@ def _exe(p: psutil.Process) -> str:
         return ""
 
 
-def _alive(procs: list[psutil.Process]) -> list[str]:
-    left = []
-    for p in procs:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                left.append(f"{p.pid} {p.name()}")
-        except psutil.NoSuchProcess:
-            continue
-    return left
-
-
 @pytest.mark.parametrize("target", ["process", "group"])
 def test_sigterm_refuses_at_once_drains_and_leaves_nothing(tmp_path, target):
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_SERVE_HAPROXY_STATS_PORT=str(_free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(_free_port()))
+    env.update(RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
     log_path = tmp_path / "serve.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "rrr_ray.graceful", "serve", "run", str(_config(tmp_path, port))],
@@ -129,8 +103,8 @@ def test_sigterm_refuses_at_once_drains_and_leaves_nothing(tmp_path, target):
         assert refused_after < 1.0, f"/health answered 200 to polls sent up to {refused_after:.2f} s after SIGTERM"
         if target == "process":
             assert lines and lines[-1].get("finished") and lines[-1]["validation"]["valid"], lines[-3:]
-        assert not _alive(run), f"left after the run: {_alive(run)}"
-        assert _port_free(port)
+        assert not still_running(run), f"left after the run: {still_running(run)}"
+        assert port_is_free(port)
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
